@@ -1,0 +1,445 @@
+"""Gateway configuration: frozen dataclasses built in one validation pass.
+
+Sources, lowest precedence first: built-in defaults, the YAML file,
+``GATEWAY_*`` environment variables (``GATEWAY_CLIENT_PING_INTERVAL=15s``
+sets ``client.ping_interval``; values are read as YAML scalars, so lists work
+as ``[a, b]``), then command-line flags. :func:`load_config` gathers every
+problem (unknown key, bad value, inconsistent pair) and raises one
+:class:`ConfigError` listing them all, each naming the key, the value and
+what is allowed. ``config/gateway.yaml`` documents every key shown here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import yaml
+
+from gateway.units import format_duration, format_size, parse_duration, parse_size
+
+__all__ = [
+    "ClientConfig",
+    "ConfigError",
+    "DrainConfig",
+    "GatewayConfig",
+    "LegConfig",
+    "ProxyConfig",
+    "UpstreamConfig",
+    "effective_config",
+    "load_config",
+    "parse_host_port",
+]
+
+ENV_PREFIX: Final = "GATEWAY_"
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+REFUSAL_MODES: Final = ("status", "close")
+
+
+class ConfigError(Exception):
+    """One or more configuration problems; ``problems`` lists each as a sentence."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass(frozen=True, slots=True)
+class LegConfig:
+    """Settings shared by both legs; each describes what that leg's peer gets and must do."""
+
+    ping_interval: float
+    """Seconds between gateway pings on this leg (0 disables pings)."""
+    ping_timeout: float
+    """Seconds to wait for the pong before closing the leg (ping_timeout cause)."""
+    ping_jitter: float
+    """Up to this many seconds are taken off each interval at random, so pings spread out."""
+    max_message_size: int
+    """Largest message, in bytes, relayed to this leg's peer; larger ones close with 1009."""
+    max_frame_size: int
+    """Largest frame, in bytes, written to this peer; larger frames go as fragments."""
+    max_buffered: int
+    """Bytes that may wait unsent towards this peer before reading the other leg pauses."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig(LegConfig):
+    """The client leg: browsers and other clients reaching the traffic port."""
+
+    handshake_timeout: float
+    """Seconds the whole upgrade may take, the upstream handshake included."""
+    max_header_size: int
+    """Largest request header block (and any single header line), in bytes."""
+    allowed_origins: tuple[str, ...]
+    """Origins allowed to connect (exact ``scheme://host[:port]``); empty allows all."""
+    slow_consumer_timeout: float
+    """Seconds a client may stay behind (buffer full) before it is closed with 1008."""
+    close_timeout: float
+    """Seconds to wait for a peer's close frame or TCP close after sending ours."""
+    refusal: str
+    """``status``: an upstream handshake refusal reaches the client as the same HTTP
+    status; ``close``: the upgrade is accepted and closed with 4000 + status."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig(LegConfig):
+    """The upstream leg: the FastAPI/uvicorn app on localhost."""
+
+    url: str
+    """``ws://host:port``; the client's path and query are appended."""
+    connect_timeout: float
+    """Seconds to open the TCP connection and finish the upstream handshake."""
+
+    @property
+    def host(self) -> str:
+        """Upstream host name or address."""
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        """Upstream TCP port."""
+        return urlsplit(self.url).port or 80
+
+    @property
+    def base_path(self) -> str:
+        """Path prefix from the URL, without a trailing slash."""
+        return urlsplit(self.url).path.rstrip("/")
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    """What the gateway knows of the reverse proxy in front of it."""
+
+    trusted_proxies: tuple[str, ...]
+    """CIDRs whose X-Forwarded-* and X-Request-ID headers are believed."""
+    idle_timeout: float | None
+    """The front proxy's idle timeout in seconds; client pings must come sooner."""
+
+    @property
+    def networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """The trusted CIDRs parsed."""
+        return tuple(ipaddress.ip_network(c, strict=False) for c in self.trusted_proxies)
+
+
+@dataclass(frozen=True, slots=True)
+class DrainConfig:
+    """Graceful shutdown on SIGTERM (defaults fit Kubernetes' 30 s grace period)."""
+
+    listener_delay: float
+    """Seconds between readiness going false and the listener closing."""
+    spread: float
+    """Window, in seconds, over which open sessions get their 1012 close."""
+    timeout: float
+    """Seconds from SIGTERM until the process exits, whatever is still open."""
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """The whole, validated configuration."""
+
+    listen: str
+    admin_listen: str
+    log_level: str
+    max_sessions: int
+    client: ClientConfig
+    upstream: UpstreamConfig
+    proxy: ProxyConfig
+    drain: DrainConfig
+
+
+# Key -> (default, parser). Parsers raise ValueError with what is allowed.
+_Parser = Callable[[Any], Any]
+
+
+def _positive_duration(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError("must be greater than 0")
+    return seconds
+
+
+def _positive_size(value: object) -> int:
+    size = parse_size(value)
+    if size <= 0:
+        raise ValueError("must be greater than 0")
+    return size
+
+
+def _positive_int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError("expected a whole number greater than 0")
+    return value
+
+
+def _optional_duration(value: object) -> float | None:
+    return None if value is None else _positive_duration(value)
+
+
+def _choice(options: tuple[str, ...]) -> _Parser:
+    def parse(value: object) -> str:
+        text = str(value).lower()
+        if text not in options:
+            raise ValueError(f"expected one of {', '.join(options)}")
+        return text
+
+    return parse
+
+
+def parse_host_port(value: object) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[v6]:PORT`` for IPv6).
+
+    Raises:
+        ValueError: no port, or a port outside 1-65535.
+    """
+    text = str(value)
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError("expected HOST:PORT with a port from 1 to 65535")
+    return host.strip("[]") or "0.0.0.0", int(port_text)
+
+
+def _host_port(value: object) -> str:
+    parse_host_port(value)
+    return str(value)
+
+
+def _ws_url(value: object) -> str:
+    text = str(value)
+    parts = urlsplit(text)
+    if parts.scheme != "ws" or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError("expected ws://HOST[:PORT][/PREFIX] (wss is not supported on the loopback leg)")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValueError("the port must be from 1 to 65535") from None
+    return text
+
+
+def _string_list(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("expected a list of strings")
+    return tuple(v.strip() for v in value)
+
+
+def _origins(value: object) -> tuple[str, ...]:
+    origins = _string_list(value)
+    for origin in origins:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path:
+            raise ValueError(f"origin {origin!r} is not scheme://host[:port]")
+    return tuple(o.lower() for o in origins)
+
+
+def _cidrs(value: object) -> tuple[str, ...]:
+    cidrs = _string_list(value)
+    for cidr in cidrs:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ValueError(f"{cidr!r} is not an IP address or CIDR") from None
+    return cidrs
+
+
+def _leg_schema(ping_interval: str, max_message: str) -> dict[str, tuple[Any, _Parser]]:
+    return {
+        "ping_interval": (ping_interval, parse_duration),
+        "ping_timeout": ("10s", _positive_duration),
+        "ping_jitter": ("2s", parse_duration),
+        "max_message_size": (max_message, _positive_size),
+        "max_frame_size": ("1MiB", _positive_size),
+        "max_buffered": ("1MiB", _positive_size),
+    }
+
+
+SCHEMA: Final[dict[str, Any]] = {
+    "listen": ("0.0.0.0:8080", _host_port),
+    "admin_listen": ("0.0.0.0:9102", _host_port),
+    "log_level": ("info", _choice(LOG_LEVELS)),
+    "max_sessions": (10000, _positive_int),
+    "client": {
+        **_leg_schema("20s", "16MiB"),
+        "handshake_timeout": ("10s", _positive_duration),
+        "max_header_size": ("16KiB", _positive_size),
+        "allowed_origins": ([], _origins),
+        "slow_consumer_timeout": ("30s", _positive_duration),
+        "close_timeout": ("5s", _positive_duration),
+        "refusal": ("status", _choice(REFUSAL_MODES)),
+    },
+    "upstream": {
+        "url": ("ws://127.0.0.1:8000", _ws_url),
+        "connect_timeout": ("5s", _positive_duration),
+        **_leg_schema("20s", "16MiB"),
+    },
+    "proxy": {
+        "trusted_proxies": ([], _cidrs),
+        "idle_timeout": (None, _optional_duration),
+    },
+    "drain": {
+        "listener_delay": ("5s", parse_duration),
+        "spread": ("10s", parse_duration),
+        "timeout": ("25s", _positive_duration),
+    },
+}
+"""Every key with its default (as written in config/gateway.yaml) and parser."""
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _env_overrides(environ: Mapping[str, str], schema: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, spec in schema.items():
+        name = prefix + key.upper()
+        if isinstance(spec, dict):
+            nested = _env_overrides(environ, spec, name + "_")
+            if nested:
+                found[key] = nested
+        elif name in environ:
+            found[key] = yaml.safe_load(environ[name]) if environ[name] else None
+    return found
+
+
+def _build(
+    schema: Mapping[str, Any], raw: Mapping[str, Any], path: str, problems: list[str]
+) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key in raw:
+        if key not in schema:
+            problems.append(f"{path}{key}: unknown key (allowed: {', '.join(schema)})")
+    for key, spec in schema.items():
+        if isinstance(spec, dict):
+            section = raw.get(key, {})
+            if section is None:
+                section = {}
+            if not isinstance(section, Mapping):
+                problems.append(f"{path}{key}: expected a mapping of keys, got {section!r}")
+                section = {}
+            values[key] = _build(spec, section, f"{path}{key}.", problems)
+            continue
+        default, parser = spec
+        value = raw.get(key, default)
+        try:
+            values[key] = parser(value)
+        except ValueError as exc:
+            problems.append(f"{path}{key}: {value!r} is invalid: {exc}")
+            values[key] = parser(default)
+    return values
+
+
+def _check_consistency(values: dict[str, Any], problems: list[str]) -> None:
+    client, upstream, drain = values["client"], values["upstream"], values["drain"]
+    idle = values["proxy"]["idle_timeout"]
+    for leg_name, leg in (("client", client), ("upstream", upstream)):
+        if leg["ping_interval"] and leg["ping_jitter"] >= leg["ping_interval"]:
+            problems.append(
+                f"{leg_name}.ping_jitter: {format_duration(leg['ping_jitter'])} must be below "
+                f"{leg_name}.ping_interval ({format_duration(leg['ping_interval'])})"
+            )
+    if idle is not None:
+        if not client["ping_interval"]:
+            problems.append(
+                f"client.ping_interval: pings are off but proxy.idle_timeout is {format_duration(idle)}; "
+                "idle clients would be dropped by the proxy"
+            )
+        elif client["ping_interval"] >= idle:
+            problems.append(
+                f"client.ping_interval: {format_duration(client['ping_interval'])} must be below "
+                f"proxy.idle_timeout ({format_duration(idle)}) so the proxy never sees an idle connection"
+            )
+    if drain["listener_delay"] + drain["spread"] >= drain["timeout"]:
+        problems.append(
+            f"drain.timeout: {format_duration(drain['timeout'])} must exceed drain.listener_delay + "
+            f"drain.spread ({format_duration(drain['listener_delay'] + drain['spread'])}) to leave time for closes"
+        )
+
+
+def load_config(
+    path: str | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> GatewayConfig:
+    """Build the configuration from defaults, a YAML file, the environment and overrides.
+
+    Args:
+        path: YAML file, or None for defaults only.
+        overrides: nested mapping from command-line flags (highest precedence).
+        environ: the environment to read ``GATEWAY_*`` from (default ``os.environ``).
+
+    Raises:
+        ConfigError: listing every problem found.
+    """
+    problems: list[str] = []
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                loaded = yaml.safe_load(handle)
+        except OSError as exc:
+            raise ConfigError([f"{path}: cannot read the file: {exc.strerror}"]) from None
+        except yaml.YAMLError as exc:
+            raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, Mapping):
+            raise ConfigError([f"{path}: the top level must be a mapping of keys"])
+        raw = dict(loaded)
+    try:
+        env = _env_overrides(os.environ if environ is None else environ, SCHEMA, ENV_PREFIX)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{ENV_PREFIX}* environment: a value is not valid YAML: {exc}"]) from None
+    raw = _merge(_merge(raw, env), overrides or {})
+    values = _build(SCHEMA, raw, "", problems)
+    _check_consistency(values, problems)
+    if problems:
+        raise ConfigError(problems)
+    return GatewayConfig(
+        listen=values["listen"],
+        admin_listen=values["admin_listen"],
+        log_level=values["log_level"],
+        max_sessions=values["max_sessions"],
+        client=ClientConfig(**values["client"]),
+        upstream=UpstreamConfig(**values["upstream"]),
+        proxy=ProxyConfig(**values["proxy"]),
+        drain=DrainConfig(**values["drain"]),
+    )
+
+
+def _human(value: Any, key: str) -> Any:
+    if isinstance(value, float) and key not in ("max_sessions",):
+        return format_duration(value)
+    if isinstance(value, int) and not isinstance(value, bool) and key.endswith(("_size", "_buffered")):
+        return format_size(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def effective_config(config: GatewayConfig) -> dict[str, Any]:
+    """The configuration as a nested mapping in the file's units, for ``check-config``."""
+
+    def render(obj: Any) -> dict[str, Any]:
+        return {
+            f.name: render(getattr(obj, f.name))
+            if dataclasses.is_dataclass(getattr(obj, f.name))
+            else _human(getattr(obj, f.name), f.name)
+            for f in dataclasses.fields(obj)
+        }
+
+    return render(config)

@@ -1,0 +1,201 @@
+"""Every Prometheus metric of the gateway, built on a registry the caller passes.
+
+Methods are named for events (``session_closed``, ``ping_timed_out``).
+Counters on the per-message path are never touched per message: each live
+session keeps plain integers (see :class:`TrafficCounters`) that a collector
+reads at scrape time, and a session's totals are folded into this object when
+it ends. Every label is bounded; series known in advance exist at 0 from
+start-up.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Iterable, Iterator
+from typing import Final, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway import __version__
+from gateway.closecodes import Cause, CloseCode, Initiator, code_label
+
+__all__ = ["GatewayMetrics", "TrafficCounters", "DIRECTIONS", "LEGS", "HANDSHAKE_STATUSES", "CONNECT_RESULTS"]
+
+disable_created_metrics()  # *_created series double the exposition and no dashboard reads them
+
+PREFIX: Final = "ws_gateway"
+LEGS: Final = ("client", "upstream")
+DIRECTIONS: Final = ("client_to_upstream", "upstream_to_client")
+HANDSHAKE_STATUSES: Final = ("400", "403", "404", "426", "431", "500", "502", "503", "504", "other")
+"""Bounded ``status`` label values of handshake failures."""
+CONNECT_RESULTS: Final = ("ok", "refused", "error", "timeout", "invalid", "rejected")
+"""``result`` label values of upstream connection attempts: ``ok`` (101), ``refused``
+(TCP refused), ``error`` (other socket error), ``timeout``, ``invalid`` (a bad
+handshake answer), ``rejected`` (an HTTP status other than 101)."""
+RTT_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+# Closes the gateway itself starts; pre-exported at 0 so alerts see them from start-up.
+_GATEWAY_CLOSES: Final = (
+    (CloseCode.INTERNAL_ERROR, Cause.PING_TIMEOUT),
+    (CloseCode.MESSAGE_TOO_BIG, Cause.MESSAGE_TOO_BIG),
+    (CloseCode.POLICY_VIOLATION, Cause.SLOW_CONSUMER),
+    (CloseCode.SERVICE_RESTART, Cause.SHUTDOWN),
+    (CloseCode.PROTOCOL_ERROR, Cause.PROTOCOL_ERROR),
+    (CloseCode.INTERNAL_ERROR, Cause.INTERNAL),
+)
+
+
+class TrafficCounters(Protocol):
+    """What a live session exposes to the scrape-time collector."""
+
+    def traffic(self) -> tuple[int, int, int, int, int, int]:
+        """(messages, bytes, fragmented) client->upstream, then upstream->client."""
+        ...
+
+
+class _TrafficCollector(Collector):
+    """Sums live sessions' integers plus folded totals at scrape time."""
+
+    def __init__(self, owner: GatewayMetrics) -> None:
+        self._owner = owner
+
+    def collect(self) -> Iterator[Metric]:
+        totals = list(self._owner.folded_traffic)
+        for session in self._owner.live_sessions:
+            for index, value in enumerate(session.traffic()):
+                totals[index] += value
+        families = (
+            ("messages", "Data messages relayed, by direction.", 0),
+            ("payload_bytes", "Data-frame payload bytes relayed, by direction.", 1),
+            ("fragmented_messages", "Messages the gateway re-sent as RFC 6455 fragments, by direction.", 2),
+        )
+        for name, documentation, offset in families:
+            family = CounterMetricFamily(f"{PREFIX}_{name}", documentation, labels=["direction"])
+            family.add_metric([DIRECTIONS[0]], totals[offset])
+            family.add_metric([DIRECTIONS[1]], totals[offset + 3])
+            yield family
+        gauge = GaugeMetricFamily(f"{PREFIX}_sessions_open", "Client sessions open now.")
+        gauge.add_metric([], len(self._owner.live_sessions))
+        yield gauge
+
+
+class GatewayMetrics:
+    """The gateway's metrics on one registry; tests pass a fresh registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.live_sessions: set[TrafficCounters] = set()
+        self.folded_traffic = [0, 0, 0, 0, 0, 0]
+        self._sessions = Counter(f"{PREFIX}_sessions", "Client sessions accepted (upgraded).", registry=registry)
+        self._closes = Counter(
+            f"{PREFIX}_closes",
+            "Closes by leg, close code, who started the close and why.",
+            ["leg", "code", "initiator", "cause"],
+            registry=registry,
+        )
+        self._ping_rtt = Histogram(
+            f"{PREFIX}_ping_rtt_seconds",
+            "Round-trip time of gateway pings, by leg.",
+            ["leg"],
+            buckets=RTT_BUCKETS,
+            registry=registry,
+        )
+        self._ping_timeouts = Counter(
+            f"{PREFIX}_ping_timeouts", "Pings left unanswered past the timeout, by leg.", ["leg"], registry=registry
+        )
+        self._oversize = Counter(
+            f"{PREFIX}_oversize_refusals",
+            "Messages refused for exceeding max_message_size, by the leg they arrived on.",
+            ["leg"],
+            registry=registry,
+        )
+        self._protocol_errors = Counter(
+            f"{PREFIX}_protocol_errors",
+            "Malformed frames received, by the leg they arrived on.",
+            ["leg"],
+            registry=registry,
+        )
+        self._handshake_failures = Counter(
+            f"{PREFIX}_handshake_failures",
+            "Client upgrade requests answered with an HTTP error, by status.",
+            ["status"],
+            registry=registry,
+        )
+        self._connects = Counter(
+            f"{PREFIX}_upstream_connects",
+            "Upstream connection attempts, by result.",
+            ["result"],
+            registry=registry,
+        )
+        self._draining = Gauge(f"{PREFIX}_draining", "1 while the gateway drains after SIGTERM.", registry=registry)
+        self._ready = Gauge(f"{PREFIX}_ready", "1 while /readyz answers 200.", registry=registry)
+        Info(f"{PREFIX}_build", "Version of the gateway.", registry=registry).info(
+            {"version": __version__, "python": platform.python_version()}
+        )
+        registry.register(_TrafficCollector(self))
+        for leg in LEGS:
+            self._ping_rtt.labels(leg)
+            self._ping_timeouts.labels(leg)
+            self._oversize.labels(leg)
+            self._protocol_errors.labels(leg)
+            for code, cause in _GATEWAY_CLOSES:
+                self._closes.labels(leg, code_label(code), Initiator.GATEWAY.value, cause.value)
+        for status in HANDSHAKE_STATUSES:
+            self._handshake_failures.labels(status)
+        for result in CONNECT_RESULTS:
+            self._connects.labels(result)
+
+    def session_opened(self, session: TrafficCounters) -> None:
+        """A client upgrade completed; the session's counters become visible."""
+        self._sessions.inc()
+        self.live_sessions.add(session)
+
+    def session_closed(
+        self, session: TrafficCounters, legs: Iterable[tuple[str, int, Initiator, Cause]]
+    ) -> None:
+        """Fold a finished session's traffic and count one close per leg.
+
+        Args:
+            session: the finished session.
+            legs: ``(leg, code, initiator, cause)`` for each leg that was open.
+        """
+        self.live_sessions.discard(session)
+        for index, value in enumerate(session.traffic()):
+            self.folded_traffic[index] += value
+        for leg, code, initiator, cause in legs:
+            self._closes.labels(leg, code_label(code), initiator.value, cause.value).inc()
+
+    def ping_answered(self, leg: str, seconds: float) -> None:
+        """A gateway ping got its pong after ``seconds``."""
+        self._ping_rtt.labels(leg).observe(seconds)
+
+    def ping_timed_out(self, leg: str) -> None:
+        """A gateway ping went unanswered; the leg is being closed."""
+        self._ping_timeouts.labels(leg).inc()
+
+    def message_refused(self, leg: str) -> None:
+        """A message over max_message_size arrived on ``leg``."""
+        self._oversize.labels(leg).inc()
+
+    def protocol_error(self, leg: str) -> None:
+        """A malformed frame arrived on ``leg``."""
+        self._protocol_errors.labels(leg).inc()
+
+    def handshake_failed(self, status: int) -> None:
+        """A client's upgrade was answered with HTTP ``status``."""
+        label = str(status)
+        self._handshake_failures.labels(label if label in HANDSHAKE_STATUSES else "other").inc()
+
+    def upstream_connect(self, result: str) -> None:
+        """An upstream connection attempt ended with ``result`` (one of CONNECT_RESULTS)."""
+        self._connects.labels(result).inc()
+
+    def set_draining(self, draining: bool) -> None:
+        """The drain state changed."""
+        self._draining.set(1 if draining else 0)
+
+    def set_ready(self, ready: bool) -> None:
+        """The readiness answer changed."""
+        self._ready.set(1 if ready else 0)

@@ -1,0 +1,336 @@
+"""The gateway process: the traffic listener, the admin listener and graceful drain.
+
+aiohttp parses the client's HTTP upgrade request and routes it. The handler
+checks it, opens the upstream leg (:mod:`gateway.upstream`), answers the
+client with a 101 it writes itself, and hands the client connection's bytes
+to the session through ``request.protocol.set_parser()`` (an aiohttp
+internal: the aiohttp version range is pinned in pyproject.toml and the
+mechanism is covered by the integration tests). From then on no aiohttp
+message object is built: both legs are relayed frame by frame.
+
+SIGTERM (and SIGINT) start the drain: /readyz fails at once, the listener
+closes after ``drain.listener_delay``, open sessions get 1012 spread over
+``drain.spread``, and the process exits by ``drain.timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import signal
+import time
+import uuid
+from typing import Final
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from gateway.closecodes import Cause, CloseCode
+from gateway.config import GatewayConfig, parse_host_port
+from gateway.forwarding import forward_headers, offered_subprotocols
+from gateway.frames import Opcode, build_close_payload, build_frame
+from gateway.handshake import accept_key
+from gateway.metrics import GatewayMetrics
+from gateway.session import Session, WriteFlow
+from gateway.upstream import UpstreamRefused, UpstreamUnavailable, connect_upstream
+
+__all__ = ["Gateway", "run_gateway"]
+
+logger = logging.getLogger("gateway.server")
+
+GATEWAY_KEY: Final = web.AppKey("gateway", object)
+_READY_CACHE_SECONDS: Final = 1.0
+_READY_PROBE_TIMEOUT: Final = 1.0
+
+
+class _ClientFeeder:
+    """Receives the upgraded client connection's reads from aiohttp (``set_parser``)."""
+
+    __slots__ = ("feed", "lost")
+
+    def __init__(self, session: Session) -> None:
+        self.feed = session.client.scanner.feed
+        self.lost = session.client.transport_lost
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        self.feed(data)
+        return False, b""
+
+    def feed_eof(self) -> None:
+        self.lost()
+
+
+def _refuse(status: int, text: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, text=text + "\n", headers=headers)
+
+
+class Gateway:
+    """Owns configuration, metrics, live sessions and the drain state."""
+
+    def __init__(self, config: GatewayConfig, registry: CollectorRegistry | None = None) -> None:
+        self.config = config
+        self.metrics = GatewayMetrics(registry or CollectorRegistry())
+        self.sessions: set[Session] = set()
+        self.handshakes = 0
+        self.draining = False
+        self._networks = config.proxy.networks
+        self._upstream_ok_at = 0.0
+        self._runners: list[web.AppRunner] = []
+        self._traffic_site: web.TCPSite | None = None
+        self.stopped = asyncio.Event()
+
+    # --- traffic port -----------------------------------------------------------------
+    def _precheck(self, request: web.Request) -> web.Response | None:
+        """Refuse what must not be relayed; None when the upgrade may proceed."""
+        client = self.config.client
+        headers = request.headers
+        if self.draining:
+            return _refuse(503, "the gateway is shutting down; retry on another instance")
+        if (
+            headers.get("Upgrade", "").lower() != "websocket"
+            or "upgrade" not in headers.get("Connection", "").lower()
+        ):
+            return _refuse(
+                426,
+                "ws-gateway relays WebSocket upgrades only; this was a plain HTTP request",
+                {"Upgrade": "websocket", "Connection": "Upgrade"},
+            )
+        if request.method != "GET":
+            return _refuse(400, "a WebSocket upgrade must use GET")
+        if headers.get("Sec-WebSocket-Version") != "13":
+            return _refuse(426, "unsupported WebSocket version; use 13", {"Sec-WebSocket-Version": "13"})
+        try:
+            if len(base64.b64decode(headers.get("Sec-WebSocket-Key", ""), validate=True)) != 16:
+                raise ValueError
+        except (binascii.Error, ValueError):
+            return _refuse(400, "missing or malformed Sec-WebSocket-Key")
+        header_bytes = sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
+        if header_bytes > client.max_header_size:
+            return _refuse(431, f"request headers of {header_bytes} bytes exceed {client.max_header_size}")
+        origin = headers.get("Origin")
+        if client.allowed_origins and origin is not None and origin.lower() not in client.allowed_origins:
+            return _refuse(403, f"origin {origin!r} is not allowed")
+        if len(self.sessions) + self.handshakes >= self.config.max_sessions:
+            return _refuse(503, f"the gateway holds its limit of {self.config.max_sessions} sessions")
+        return None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Relay one client's WebSocket to the upstream, from handshake to the last close."""
+        refusal = self._precheck(request)
+        if refusal is not None:
+            self.metrics.handshake_failed(refusal.status)
+            return refusal
+        client_config = self.config.client
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        peer_ip = peer[0] if peer else "unknown"
+        raw_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
+        forwarded = forward_headers(raw_headers, peer_ip, self._networks)
+        offered = offered_subprotocols(raw_headers)
+        self.handshakes += 1
+        try:
+            async with asyncio.timeout(client_config.handshake_timeout):
+                upstream = await connect_upstream(
+                    self.config.upstream, request.raw_path, forwarded.headers, offered
+                )
+        except TimeoutError:
+            self.metrics.upstream_connect("timeout")
+            self.metrics.handshake_failed(504)
+            return _refuse(504, "the upstream did not complete the handshake in time")
+        except UpstreamUnavailable as exc:
+            self.metrics.upstream_connect(exc.result)
+            status = 504 if exc.result == "timeout" else 502
+            self.metrics.handshake_failed(status)
+            logger.warning("upstream unavailable for %s: %s", request.path, exc)
+            return _refuse(status, f"upstream unavailable: {exc}")
+        except UpstreamRefused as exc:
+            self.metrics.upstream_connect("rejected")
+            self.metrics.handshake_failed(exc.status)
+            if client_config.refusal == "close":
+                return await self._accept_and_close(request, exc.status)
+            return _refuse(exc.status, f"upstream refused the WebSocket upgrade with HTTP {exc.status}")
+        finally:
+            self.handshakes -= 1
+        self.metrics.upstream_connect("ok")
+        if request.transport is None or request.transport.is_closing():
+            upstream.transport.abort()
+            return web.Response(status=499)
+        response = self._switching_protocols(request, upstream.subprotocol)
+        await response.prepare(request)
+        session = Session(
+            uuid.uuid4().hex,
+            forwarded.client_ip,
+            request.path,
+            self.metrics,
+            client_config,
+            self.config.upstream,
+        )
+        client_protocol = request.protocol
+        session.attach(
+            request.transport,
+            WriteFlow(lambda: client_protocol.writing_paused, client_protocol._drain_helper),
+            upstream.transport,
+            WriteFlow(upstream.protocol.is_paused, upstream.protocol.wait_resumed),
+        )
+        self.sessions.add(session)
+        try:
+            upstream.protocol.attach(session.upstream.scanner.feed, session.upstream.transport_lost, upstream.first_bytes)
+            client_protocol.set_parser(_ClientFeeder(session))  # type: ignore[arg-type]
+            await asyncio.shield(session.done)
+        finally:
+            self.sessions.discard(session)
+        return response
+
+    @staticmethod
+    def _switching_protocols(request: web.Request, subprotocol: str | None) -> web.StreamResponse:
+        response = web.StreamResponse(
+            status=101,
+            headers={
+                "Upgrade": "websocket",
+                "Connection": "Upgrade",
+                "Sec-WebSocket-Accept": accept_key(request.headers["Sec-WebSocket-Key"]),
+            },
+        )
+        if subprotocol is not None:
+            response.headers["Sec-WebSocket-Protocol"] = subprotocol
+        response.force_close()
+        return response
+
+    async def _accept_and_close(self, request: web.Request, status: int) -> web.StreamResponse:
+        """Refusal mode ``close``: upgrade, then close with 4000 + status so browsers see why."""
+        response = self._switching_protocols(request, None)
+        await response.prepare(request)
+        code = 4000 + status if 100 <= status <= 999 else int(CloseCode.POLICY_VIOLATION)
+        reason = f"upstream refused the WebSocket upgrade with HTTP {status}"
+        if request.transport is not None:
+            request.transport.write(build_frame(Opcode.CLOSE, build_close_payload(code, reason), masked=False))
+            request.transport.close()
+        return response
+
+    # --- admin port -------------------------------------------------------------------
+    async def _upstream_reachable(self) -> bool:
+        now = time.monotonic()
+        if now - self._upstream_ok_at < _READY_CACHE_SECONDS:
+            return True
+        upstream = self.config.upstream
+        try:
+            async with asyncio.timeout(_READY_PROBE_TIMEOUT):
+                _, writer = await asyncio.open_connection(upstream.host, upstream.port)
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        self._upstream_ok_at = now
+        return True
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        """Liveness: the process runs its event loop."""
+        return web.Response(text="ok\n")
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        """Readiness: accepting, not draining, upstream reachable."""
+        if self.draining:
+            self.metrics.set_ready(False)
+            return web.Response(status=503, text="draining\n")
+        if not await self._upstream_reachable():
+            self.metrics.set_ready(False)
+            return web.Response(status=503, text="upstream unreachable\n")
+        self.metrics.set_ready(True)
+        return web.Response(text="ready\n")
+
+    # --- lifecycle --------------------------------------------------------------------
+    async def start(self) -> None:
+        """Bind the traffic and admin listeners."""
+        client = self.config.client
+        traffic = web.Application(client_max_size=1024)
+        traffic[GATEWAY_KEY] = self
+        traffic.router.add_route("*", "/{tail:.*}", self.handle)
+        admin = web.Application()
+        admin.router.add_get("/metrics", make_aiohttp_handler(self.metrics.registry))
+        admin.router.add_get("/healthz", self.healthz)
+        admin.router.add_get("/readyz", self.readyz)
+        traffic_runner = web.AppRunner(
+            traffic,
+            access_log=None,
+            max_line_size=client.max_header_size,
+            max_field_size=client.max_header_size,
+            handle_signals=False,
+        )
+        admin_runner = web.AppRunner(admin, access_log=None, handle_signals=False)
+        for runner in (traffic_runner, admin_runner):
+            await runner.setup()
+            self._runners.append(runner)
+        host, port = parse_host_port(self.config.listen)
+        self._traffic_site = web.TCPSite(traffic_runner, host, port, backlog=1024)
+        await self._traffic_site.start()
+        admin_host, admin_port = parse_host_port(self.config.admin_listen)
+        await web.TCPSite(admin_runner, admin_host, admin_port).start()
+        self.metrics.set_ready(True)
+        logger.info(
+            "listening",
+            extra={
+                "fields": {
+                    "listen": self.config.listen,
+                    "admin_listen": self.config.admin_listen,
+                    "upstream": self.config.upstream.url,
+                }
+            },
+        )
+
+    def begin_drain(self) -> None:
+        """SIGTERM: fail readiness now, then stop listening and close sessions over the window."""
+        if self.draining:
+            return
+        self.draining = True
+        self.metrics.set_draining(True)
+        self.metrics.set_ready(False)
+        logger.info("drain started", extra={"fields": {"sessions": len(self.sessions)}})
+        asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        drain = self.config.drain
+        deadline = time.monotonic() + drain.timeout
+        await asyncio.sleep(drain.listener_delay)
+        if self._traffic_site is not None:
+            await self._traffic_site.stop()
+        sessions = list(self.sessions)
+        loop = asyncio.get_running_loop()
+        for index, session in enumerate(sessions):
+            delay = drain.spread * index / len(sessions)
+            loop.call_later(
+                delay, session.close_by_gateway, Cause.SHUTDOWN, CloseCode.SERVICE_RESTART, "gateway shutting down"
+            )
+        waiting = [asyncio.shield(s.done) for s in sessions]
+        if waiting:
+            await asyncio.wait(waiting, timeout=max(0.0, deadline - time.monotonic() - 0.5))
+        for session in list(self.sessions):
+            session.client.abort()
+            session.upstream.abort()
+        logger.info("drain finished", extra={"fields": {"left_open": len(self.sessions)}})
+        self.stopped.set()
+
+    async def close(self) -> None:
+        """Release the listeners."""
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners.clear()
+
+
+async def run_gateway(config: GatewayConfig) -> None:
+    """Run until SIGTERM/SIGINT has drained the gateway."""
+    gateway = Gateway(config)
+    await gateway.start()
+    loop = asyncio.get_running_loop()
+    def on_signal() -> None:
+        if gateway.draining:
+            logger.warning("second stop signal: exiting without waiting for the drain")
+            gateway.stopped.set()
+        gateway.begin_drain()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal)
+    try:
+        await gateway.stopped.wait()
+    finally:
+        await gateway.close()

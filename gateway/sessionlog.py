@@ -1,0 +1,77 @@
+"""The one structured log line written for every closed session, and JSON log formatting.
+
+Operators find a drop by its session line: both legs' close codes and
+reasons, who started the close and why, duration and traffic each way. Lines
+are JSON (orjson) so log pipelines index the fields without parsing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+__all__ = ["JsonFormatter", "SessionRecord", "log_session", "configure_logging"]
+
+session_logger = logging.getLogger("gateway.sessions")
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """Fields of a session's closing log line."""
+
+    session_id: str
+    client_ip: str
+    path: str
+    client_code: int
+    client_reason: str
+    upstream_code: int
+    upstream_reason: str
+    initiator: str
+    cause: str
+    duration: float
+    messages_in: int
+    """Messages from the client to the upstream."""
+    bytes_in: int
+    messages_out: int
+    """Messages from the upstream to the client."""
+    bytes_out: int
+
+
+def log_session(record: SessionRecord) -> None:
+    """Write the session's closing line (``event: session_closed``)."""
+    fields = dataclasses.asdict(record)
+    fields["duration"] = round(record.duration, 3)
+    session_logger.info("session closed", extra={"fields": {"event": "session_closed", **fields}})
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, plus structured fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode("utf-8")
+
+
+def configure_logging(level: str) -> None:
+    """Send every log record to stderr as JSON lines at ``level``."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

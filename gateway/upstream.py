@@ -1,0 +1,217 @@
+"""The upstream leg's connection: a raw asyncio protocol and the upgrade over it.
+
+:func:`connect_upstream` opens TCP to the app, writes the upgrade request,
+reads the response head and checks it. On success the connection's protocol
+keeps the transport raw: after :meth:`UpstreamProtocol.attach`, every read
+goes straight to the session leg's frame scanner.
+
+Exceptions::
+
+    UpstreamError
+    ├── UpstreamUnavailable   no usable connection (refused, timeout, bad answer)
+    └── UpstreamRefused       the app answered the upgrade with an HTTP status
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, cast
+
+from gateway.config import UpstreamConfig
+from gateway.handshake import (
+    MAX_RESPONSE_HEAD,
+    HandshakeError,
+    UpgradeResponse,
+    build_upgrade_request,
+    check_accept,
+    new_key,
+    parse_upgrade_response,
+)
+
+__all__ = [
+    "UpstreamConnection",
+    "UpstreamError",
+    "UpstreamProtocol",
+    "UpstreamRefused",
+    "UpstreamUnavailable",
+    "connect_upstream",
+]
+
+_HEAD_END: Final = b"\r\n\r\n"
+
+
+class UpstreamError(Exception):
+    """The upstream leg could not be opened."""
+
+
+class UpstreamUnavailable(UpstreamError):
+    """No WebSocket could be opened upstream; ``result`` is the metric label."""
+
+    def __init__(self, result: str, message: str) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class UpstreamRefused(UpstreamError):
+    """The upstream answered the upgrade with HTTP ``status`` instead of 101."""
+
+    def __init__(self, response: UpgradeResponse) -> None:
+        super().__init__(f"upstream refused the upgrade with HTTP {response.status}")
+        self.status = response.status
+        self.response = response
+
+
+class UpstreamProtocol(asyncio.Protocol):
+    """Raw protocol for the upstream TCP connection (handshake, then frames)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.head: asyncio.Future[tuple[bytes, bytes]] = asyncio.get_running_loop().create_future()
+        self._buffer = bytearray()
+        self._feed: Callable[[bytes], None] | None = None
+        self._on_lost: Callable[[], None] | None = None
+        self._early: list[bytes] = []
+        self._lost = False
+        self.paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's TCPTransport does not subclass asyncio.Transport; it has the same API.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        feed = self._feed
+        if feed is not None:
+            feed(data)
+            return
+        if self.head.done():
+            self._early.append(data)
+            return
+        self._buffer += data
+        end = self._buffer.find(_HEAD_END)
+        if end >= 0:
+            head, rest = bytes(self._buffer[:end]), bytes(self._buffer[end + 4 :])
+            self._buffer.clear()
+            self.head.set_result((head, rest))
+        elif len(self._buffer) > MAX_RESPONSE_HEAD:
+            self.head.set_exception(UpstreamUnavailable("invalid", "upstream response head is too large"))
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        if not self.head.done():
+            self.head.set_exception(
+                UpstreamUnavailable("error", "upstream closed the connection during the handshake")
+            )
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_exception(ConnectionResetError("upstream connection lost"))
+        if self._on_lost is not None:
+            self._on_lost()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+        self._drain_waiter = None
+
+    def is_paused(self) -> bool:
+        """True while the transport's write buffer is over its high-water mark."""
+        return self.paused
+
+    async def wait_resumed(self) -> None:
+        """Wait until the transport's write buffer drains below its low-water mark."""
+        if self._lost:
+            raise ConnectionResetError("upstream connection lost")
+        if not self.paused:
+            return
+        if self._drain_waiter is None:
+            self._drain_waiter = asyncio.get_running_loop().create_future()
+        await self._drain_waiter
+
+    def attach(self, feed: Callable[[bytes], None], on_lost: Callable[[], None], first: bytes) -> None:
+        """Hand reads to ``feed`` from now on, starting with bytes that came with the handshake."""
+        if first:
+            feed(first)
+        for chunk in self._early:
+            feed(chunk)
+        self._early.clear()
+        self._feed = feed
+        self._on_lost = on_lost
+        if self._lost:
+            on_lost()
+
+
+@dataclass(slots=True)
+class UpstreamConnection:
+    """An upgraded upstream connection, not yet attached to a session."""
+
+    transport: asyncio.Transport
+    protocol: UpstreamProtocol
+    subprotocol: str | None
+    first_bytes: bytes
+    """Frames that arrived in the same read as the response head."""
+
+
+async def connect_upstream(
+    config: UpstreamConfig,
+    target: str,
+    headers: list[tuple[str, str]],
+    offered_protocols: list[str],
+) -> UpstreamConnection:
+    """Open and upgrade the upstream connection within ``config.connect_timeout``.
+
+    Args:
+        config: the upstream leg's settings.
+        target: path and query of the client's request.
+        headers: forwarded request headers.
+        offered_protocols: the client's subprotocol offer, passed on as it is.
+
+    Raises:
+        UpstreamUnavailable: refused, timed out, or an invalid answer.
+        UpstreamRefused: the app answered with an HTTP status (e.g. 403).
+    """
+    loop = asyncio.get_running_loop()
+    transport: asyncio.Transport | None = None
+    try:
+        async with asyncio.timeout(config.connect_timeout):
+            try:
+                transport, protocol = await loop.create_connection(UpstreamProtocol, config.host, config.port)
+            except ConnectionRefusedError:
+                raise UpstreamUnavailable("refused", f"upstream {config.host}:{config.port} refused the connection")
+            except OSError as exc:
+                raise UpstreamUnavailable("error", f"cannot connect to upstream: {exc.strerror or exc}") from None
+            key = new_key()
+            extra = list(headers)
+            if offered_protocols:
+                extra.append(("Sec-WebSocket-Protocol", ", ".join(offered_protocols)))
+            transport.write(
+                build_upgrade_request(f"{config.host}:{config.port}", config.base_path + target, key, extra)
+            )
+            head, rest = await protocol.head
+    except TimeoutError:
+        if transport is not None:
+            transport.abort()
+        raise UpstreamUnavailable(
+            "timeout", f"upstream did not complete the handshake within {config.connect_timeout:g}s"
+        ) from None
+    except BaseException:
+        if transport is not None:
+            transport.abort()
+        raise
+    try:
+        response = parse_upgrade_response(head)
+        if response.status != 101:
+            transport.close()
+            raise UpstreamRefused(response)
+        subprotocol = check_accept(response, key, offered_protocols)
+    except HandshakeError as exc:
+        transport.abort()
+        raise UpstreamUnavailable("invalid", f"invalid upstream handshake: {exc}") from None
+    return UpstreamConnection(transport, protocol, subprotocol, rest)
