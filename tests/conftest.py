@@ -1,0 +1,44 @@
+"""Fixtures: a shared real uvicorn upstream and a factory of real gateway processes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import GatewayProcess, Upstream
+
+
+@pytest.fixture(scope="session")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
+    """The example FastAPI app under uvicorn, shared by tests that do not stop it."""
+    server = Upstream(tmp_path_factory.mktemp("upstream"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def make_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
+    """Start gateways for one test; every one is stopped by PID at teardown."""
+    started: list[GatewayProcess] = []
+
+    def start(upstream_url: str, config: dict[str, Any] | None = None, **kwargs: Any) -> GatewayProcess:
+        process = GatewayProcess(tmp_path, upstream_url, config, **kwargs)
+        started.append(process)
+        return process
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            process.stop()
+
+
+@pytest.fixture
+def gateway(make_gateway: Callable[..., GatewayProcess], upstream: Upstream) -> GatewayProcess:
+    """A gateway with default settings in front of the shared upstream."""
+    return make_gateway(upstream.url)
