@@ -1,0 +1,110 @@
+"""Configuration: defaults match the documented file, every problem is reported at once, CLI exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gateway.config import ConfigError, effective_config, load_config
+from gateway.units import parse_duration, parse_size
+from tests.support import ROOT
+
+DOCUMENTED = ROOT / "config" / "gateway.yaml"
+
+
+def test_documented_file_states_every_default() -> None:
+    """config/gateway.yaml lists every key with exactly the built-in default."""
+    documented = yaml.safe_load(DOCUMENTED.read_text(encoding="utf-8"))
+    defaults = effective_config(load_config(environ={}))
+    assert effective_config(load_config(str(DOCUMENTED), environ={})) == defaults
+    assert documented.keys() == defaults.keys()
+    for section, values in defaults.items():
+        if isinstance(values, dict):
+            assert documented[section].keys() == values.keys(), section
+
+
+def test_units() -> None:
+    """Durations and sizes in human units."""
+    assert parse_duration("250ms") == 0.25
+    assert parse_duration("2m") == 120
+    assert parse_duration(3) == 3
+    assert parse_size("16MiB") == 16 * 1024 * 1024
+    assert parse_size("1MB") == 1_000_000
+    assert parse_size(512) == 512
+    for bad in ("ten seconds", "5 parsecs", "-1s"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+    for bad in ("1.5", "lots", "3 bananas"):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+
+
+def test_every_problem_in_one_error(tmp_path: Path) -> None:
+    """Unknown keys, bad values and inconsistent pairs are all named in a single error."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "listen: nowhere\nclient:\n  ping_interval: 40s\n  max_frame_size: huge\n  pingg: 1\n"
+        "proxy:\n  idle_timeout: 30s\n  trusted_proxies: [not-a-cidr]\nupstream:\n  url: http://x\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), environ={})
+    text = str(info.value)
+    for expected in ("listen: 'nowhere'", "client.max_frame_size: 'huge'", "client.pingg: unknown key",
+                     "proxy.trusted_proxies", "upstream.url", "must be below proxy.idle_timeout"):
+        assert expected in text, expected
+    assert len(info.value.problems) == 6
+
+
+def test_client_ping_must_be_below_proxy_idle_timeout() -> None:
+    """A ping interval not below the proxy's idle timeout is refused; below it is fine."""
+    with pytest.raises(ConfigError, match="client.ping_interval"):
+        load_config(overrides={"proxy": {"idle_timeout": "20s"}}, environ={})
+    config = load_config(overrides={"proxy": {"idle_timeout": "60s"}}, environ={})
+    assert config.proxy.idle_timeout == 60
+
+
+def test_environment_overrides_file_and_flags_override_environment(tmp_path: Path) -> None:
+    """GATEWAY_* beats the file; flags beat GATEWAY_*."""
+    path = tmp_path / "c.yaml"
+    path.write_text("client:\n  ping_interval: 30s\nlisten: 127.0.0.1:1000\n")
+    env = {"GATEWAY_CLIENT_PING_INTERVAL": "15s", "GATEWAY_LISTEN": "127.0.0.1:2000",
+           "GATEWAY_PROXY_TRUSTED_PROXIES": "[10.0.0.0/8]"}
+    config = load_config(str(path), environ=env)
+    assert config.client.ping_interval == 15
+    assert config.listen == "127.0.0.1:2000"
+    assert config.proxy.trusted_proxies == ("10.0.0.0/8",)
+    config = load_config(str(path), environ=env, overrides={"listen": "127.0.0.1:3000"})
+    assert config.listen == "127.0.0.1:3000"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=60, check=False)
+
+
+def test_check_config_prints_effective_config() -> None:
+    """`ws-gateway check-config FILE` exits 0 and prints the effective configuration."""
+    result = run_cli("check-config", str(DOCUMENTED))
+    assert result.returncode == 0, result.stderr
+    printed = yaml.safe_load(result.stdout)
+    assert printed["client"]["ping_interval"] == "20s"
+    assert printed["upstream"]["url"] == "ws://127.0.0.1:8000"
+
+
+def test_bad_config_exits_2_naming_every_problem(tmp_path: Path) -> None:
+    """A bad file makes both check-config and the server exit 2 with every problem listed."""
+    path = tmp_path / "bad.yaml"
+    path.write_text("max_sessions: zero\ndrain:\n  timeout: 1s\n")
+    for args in (("check-config", str(path)), ("--config", str(path))):
+        result = run_cli(*args)
+        assert result.returncode == 2
+        assert "max_sessions: 'zero'" in result.stderr
+        assert "drain.timeout" in result.stderr
+    result = run_cli("--config", str(tmp_path / "missing.yaml"))
+    assert result.returncode == 2 and "cannot read" in result.stderr
+    result = run_cli("--listen", "127.0.0.1:0")
+    assert result.returncode == 2 and "listen" in result.stderr

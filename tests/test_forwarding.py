@@ -1,0 +1,72 @@
+"""Header rules and the upstream handshake codec, without sockets."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from gateway.forwarding import forward_headers, offered_subprotocols
+from gateway.handshake import HandshakeError, UpgradeResponse, accept_key, check_accept, parse_upgrade_response
+
+TRUSTED = (ipaddress.ip_network("10.0.0.0/8"),)
+
+
+def test_hop_by_hop_and_connection_listed_headers_dropped() -> None:
+    """Connection, Upgrade, Keep-Alive and headers named in Connection never go upstream."""
+    result = forward_headers(
+        [("Host", "a"), ("Connection", "Upgrade, X-Secret"), ("Upgrade", "websocket"), ("X-Secret", "1"),
+         ("Keep-Alive", "5"), ("Sec-WebSocket-Extensions", "permessage-deflate"), ("Cookie", "c=1")],
+        "192.0.2.1", TRUSTED)
+    names = [n.lower() for n, _ in result.headers]
+    assert "x-secret" not in names and "keep-alive" not in names and "upgrade" not in names
+    assert "sec-websocket-extensions" not in names
+    assert ("Cookie", "c=1") in result.headers
+
+
+def test_untrusted_peer_headers_replaced() -> None:
+    """An untrusted peer cannot choose its client IP or request id."""
+    result = forward_headers([("X-Forwarded-For", "1.2.3.4"), ("X-Request-ID", "abc")], "192.0.2.1", TRUSTED)
+    values = dict(result.headers)
+    assert values["X-Forwarded-For"] == "192.0.2.1"
+    assert result.client_ip == "192.0.2.1"
+    assert values["X-Request-ID"] != "abc"
+
+
+def test_trusted_chain_gives_rightmost_untrusted_address() -> None:
+    """Through trusted proxies, the client is the right-most address that is not a proxy."""
+    result = forward_headers([("X-Forwarded-For", "198.51.100.7, 10.1.1.1")], "10.2.2.2", TRUSTED)
+    assert result.client_ip == "198.51.100.7"
+    assert dict(result.headers)["X-Forwarded-For"] == "198.51.100.7, 10.1.1.1, 10.2.2.2"
+
+
+def test_bad_request_id_from_trusted_proxy_replaced() -> None:
+    """A request id with spaces or control characters is replaced even from a trusted proxy."""
+    result = forward_headers([("X-Request-ID", "bad id\x01")], "10.0.0.1", TRUSTED)
+    assert result.request_id != "bad id\x01"
+
+
+def test_subprotocol_offer_kept_in_order() -> None:
+    """Several Sec-WebSocket-Protocol headers and comma lists join in order."""
+    assert offered_subprotocols([("Sec-WebSocket-Protocol", "a, b"), ("sec-websocket-protocol", "c")]) == \
+        ["a", "b", "c"]
+
+
+def test_accept_key_rfc_example() -> None:
+    """The RFC 6455 section 1.3 example key gives the documented accept value."""
+    assert accept_key("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+def test_upgrade_response_checks() -> None:
+    """A 101 must carry the right accept value and may only pick an offered subprotocol."""
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    head = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: b")
+    response = parse_upgrade_response(head)
+    assert check_accept(response, key, ["a", "b"]) == "b"
+    with pytest.raises(HandshakeError, match="did not offer"):
+        check_accept(response, key, ["a"])
+    with pytest.raises(HandshakeError, match="Accept"):
+        check_accept(UpgradeResponse(101, "", [("Upgrade", "websocket"), ("Connection", "upgrade")]), key, [])
+    with pytest.raises(HandshakeError):
+        parse_upgrade_response(b"garbage")
