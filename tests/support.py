@@ -183,9 +183,9 @@ class GatewayProcess(ManagedProcess):
                 lines.append(json.loads(line))
         return lines
 
-    def wait_session_log(self, count: int, timeout: float = 10) -> list[dict[str, Any]]:
-        """Wait until at least ``count`` session lines exist; return them."""
-        wait_until(lambda: len(self.session_logs()) >= count, timeout, f"{count} session log lines")
+    async def wait_session_log(self, count: int, timeout: float = 10) -> list[dict[str, Any]]:
+        """Wait (without blocking the test's event loop) for ``count`` session lines; return them."""
+        await async_wait_until(lambda: len(self.session_logs()) >= count, timeout, f"{count} session log lines")
         return self.session_logs()
 
 

@@ -61,7 +61,7 @@ async def test_trusted_proxy_headers_kept(make_gateway: Callable[..., GatewayPro
     assert seen["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
     assert seen["x-request-id"] == "req-42"
     assert seen["x-forwarded-proto"] == "https"
-    assert gw.wait_session_log(1)[0]["client_ip"] == "203.0.113.9"
+    assert (await gw.wait_session_log(1))[0]["client_ip"] == "203.0.113.9"
 
 
 async def test_subprotocol_offer_and_choice(gateway: GatewayProcess) -> None:
