@@ -19,6 +19,8 @@ async def test_responsive_client_stays_and_rtt_is_measured(
     """A client that answers pings stays connected across many intervals; RTTs are observed."""
     gw = make_gateway(upstream.url, {"client": FAST_PINGS, "upstream": FAST_PINGS})
     async with aiohttp.ClientSession() as http, http.ws_connect(gw.url + "/ws/echo") as ws:
+        # aiohttp answers pings only while receive() runs: keep one pending, as a real client does.
+        reader = asyncio.ensure_future(ws.receive(timeout=scaled(30)))
         samples: dict[str, float] = {}
 
         async def refresh() -> None:
@@ -35,7 +37,7 @@ async def test_responsive_client_stays_and_rtt_is_measured(
             await asyncio.sleep(0.1)
         assert samples["client"] >= 5 and samples["upstream"] >= 5, samples
         await ws.send_str("still here")
-        assert (await ws.receive(timeout=scaled(5))).data == "still here"
+        assert (await reader).data == "still here"
     assert await gw.metric("ws_gateway_ping_timeouts_total", leg="client") == 0
 
 
