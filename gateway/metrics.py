@@ -36,14 +36,22 @@ CONNECT_RESULTS: Final = ("ok", "refused", "error", "timeout", "invalid", "rejec
 handshake answer), ``rejected`` (an HTTP status other than 101)."""
 RTT_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
-# Closes the gateway itself starts; pre-exported at 0 so alerts see them from start-up.
+# Closes the gateway itself starts, as they appear on each leg; pre-exported at 0 so
+# alerts see these series from start-up. The leg that did not fail gets 1001.
 _GATEWAY_CLOSES: Final = (
-    (CloseCode.INTERNAL_ERROR, Cause.PING_TIMEOUT),
-    (CloseCode.MESSAGE_TOO_BIG, Cause.MESSAGE_TOO_BIG),
-    (CloseCode.POLICY_VIOLATION, Cause.SLOW_CONSUMER),
-    (CloseCode.SERVICE_RESTART, Cause.SHUTDOWN),
-    (CloseCode.PROTOCOL_ERROR, Cause.PROTOCOL_ERROR),
-    (CloseCode.INTERNAL_ERROR, Cause.INTERNAL),
+    ("client", CloseCode.INTERNAL_ERROR, Cause.PING_TIMEOUT),
+    ("client", CloseCode.MESSAGE_TOO_BIG, Cause.MESSAGE_TOO_BIG),
+    ("client", CloseCode.POLICY_VIOLATION, Cause.SLOW_CONSUMER),
+    ("client", CloseCode.SERVICE_RESTART, Cause.SHUTDOWN),
+    ("client", CloseCode.PROTOCOL_ERROR, Cause.PROTOCOL_ERROR),
+    ("upstream", CloseCode.INTERNAL_ERROR, Cause.PING_TIMEOUT),
+    ("upstream", CloseCode.MESSAGE_TOO_BIG, Cause.MESSAGE_TOO_BIG),
+    ("upstream", CloseCode.PROTOCOL_ERROR, Cause.PROTOCOL_ERROR),
+    *(
+        ("upstream", CloseCode.GOING_AWAY, cause)
+        for cause in (Cause.PING_TIMEOUT, Cause.MESSAGE_TOO_BIG, Cause.SLOW_CONSUMER, Cause.SHUTDOWN,
+                      Cause.PROTOCOL_ERROR)
+    ),
 )
 
 
@@ -140,8 +148,8 @@ class GatewayMetrics:
             self._ping_timeouts.labels(leg)
             self._oversize.labels(leg)
             self._protocol_errors.labels(leg)
-            for code, cause in _GATEWAY_CLOSES:
-                self._closes.labels(leg, code_label(code), Initiator.GATEWAY.value, cause.value)
+        for leg, code, cause in _GATEWAY_CLOSES:
+            self._closes.labels(leg, code_label(code), Initiator.GATEWAY.value, cause.value)
         for status in HANDSHAKE_STATUSES:
             self._handshake_failures.labels(status)
         for result in CONNECT_RESULTS:
