@@ -14,15 +14,15 @@ import enum
 from typing import Final
 
 __all__ = [
+    "CODE_LABELS",
+    "NOT_ON_WIRE",
     "Cause",
     "CloseCode",
     "Initiator",
-    "NOT_ON_WIRE",
     "cause_for_code",
     "code_label",
     "is_valid_wire_code",
     "wire_code",
-    "CODE_LABELS",
 ]
 
 
@@ -157,7 +157,7 @@ def cause_for_code(code: int) -> Cause:
     return Cause.PROTOCOL_ERROR
 
 
-CODE_LABELS: Final = tuple(str(int(c)) for c in CloseCode) + ("3xxx", "4xxx", "other")
+CODE_LABELS: Final = (*tuple(str(int(c)) for c in CloseCode), "3xxx", "4xxx", "other")
 """Every value the ``code`` label can take, so all series can be pre-exported."""
 
 

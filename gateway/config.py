@@ -200,7 +200,7 @@ def parse_host_port(value: object) -> tuple[str, int]:
     host, sep, port_text = text.rpartition(":")
     if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError("expected HOST:PORT with a port from 1 to 65535")
-    return host.strip("[]") or "0.0.0.0", int(port_text)
+    return host.strip("[]") or "0.0.0.0", int(port_text)  # noqa: S104 - a listener binds all interfaces by design
 
 
 def _host_port(value: object) -> str:

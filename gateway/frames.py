@@ -31,6 +31,7 @@ from aiohttp._websocket.helpers import websocket_mask
 from gateway.closecodes import CloseCode, is_valid_wire_code
 
 __all__ = [
+    "MAX_CONTROL_PAYLOAD",
     "FrameScanner",
     "Opcode",
     "ScannerSink",
@@ -39,7 +40,6 @@ __all__ = [
     "build_header",
     "mask_payload",
     "parse_close_payload",
-    "MAX_CONTROL_PAYLOAD",
 ]
 
 MAX_CONTROL_PAYLOAD: Final = 125
@@ -173,28 +173,28 @@ class FrameScanner:
     """
 
     __slots__ = (
-        "_sink",
-        "_expect_masked",
-        "_max_message",
-        "_max_frame",
-        "_header_tail",
-        "_remaining",
-        "_in_message",
-        "_message_size",
-        "_control_opcode",
         "_control_buf",
+        "_control_opcode",
+        "_expect_masked",
+        "_header_tail",
+        "_in_message",
+        "_max_frame",
+        "_max_message",
+        "_message_size",
+        "_message_split",
+        "_piece_left",
+        "_remaining",
+        "_sink",
         "_split",
         "_split_fin",
-        "_split_opcode",
         "_split_key",
         "_split_offset",
-        "_piece_left",
+        "_split_opcode",
         "_violation",
-        "_message_split",
-        "stopped",
+        "fragmented_messages",
         "messages",
         "payload_bytes",
-        "fragmented_messages",
+        "stopped",
     )
 
     def __init__(
@@ -420,10 +420,7 @@ class FrameScanner:
         opcode = self._control_opcode
         self._control_opcode = -1
         buf = self._control_buf
-        if self._expect_masked:
-            payload = mask_payload(bytes(buf[:4]), bytes(buf[4:]))
-        else:
-            payload = bytes(buf)
+        payload = mask_payload(bytes(buf[:4]), bytes(buf[4:])) if self._expect_masked else bytes(buf)
         self._control_buf = bytearray()
         sink = self._sink
         if opcode == Opcode.PING:

@@ -176,7 +176,9 @@ class Gateway:
         )
         self.sessions.add(session)
         try:
-            upstream.protocol.attach(session.upstream.scanner.feed, session.upstream.transport_lost, upstream.first_bytes)
+            upstream.protocol.attach(
+                session.upstream.scanner.feed, session.upstream.transport_lost, upstream.first_bytes
+            )
             client_protocol.set_parser(_ClientFeeder(session))  # type: ignore[arg-type]
             await asyncio.shield(session.done)
         finally:

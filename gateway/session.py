@@ -80,23 +80,23 @@ class Leg:
     """One side of a session: its transport, the scanner of what its peer sends, keepalive, close."""
 
     __slots__ = (
-        "name",
-        "session",
-        "transport",
-        "flow",
-        "config",
-        "other",
-        "scanner",
-        "masked",
-        "pending",
-        "close",
+        "_close_deadline",
+        "_ping_counter",
         "_ping_handle",
-        "_pong_deadline",
         "_ping_payload",
         "_ping_sent",
-        "_ping_counter",
-        "_close_deadline",
+        "_pong_deadline",
+        "close",
+        "config",
+        "flow",
+        "masked",
+        "name",
+        "other",
+        "pending",
         "reading_paused",
+        "scanner",
+        "session",
+        "transport",
     )
 
     def __init__(

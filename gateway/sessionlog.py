@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["JsonFormatter", "SessionRecord", "log_session", "configure_logging"]
+__all__ = ["JsonFormatter", "SessionRecord", "configure_logging", "log_session"]
 
 session_logger = logging.getLogger("gateway.sessions")
 

@@ -38,7 +38,7 @@ def parse_duration(value: object) -> float:
     else:
         match = _NUMBER_UNIT.match(str(value))
         unit = match.group(2).lower() if match else None
-        if match is None or unit not in _DURATION_UNITS and unit != "":
+        if match is None or (unit not in _DURATION_UNITS and unit != ""):
             raise ValueError("expected a duration such as 500ms, 20s or 2m")
         seconds = float(match.group(1)) * _DURATION_UNITS.get(unit or "s", 1.0)
     if seconds < 0:

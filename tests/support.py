@@ -149,7 +149,7 @@ class GatewayProcess(ManagedProcess):
         config_path.write_text(yaml.safe_dump(settings), encoding="utf-8")
         super().__init__([sys.executable, "-m", "gateway", "--config", str(config_path)],
                          tmp / f"gateway-{self.port}.log", env)
-        wait_until(lambda: port_open(self.admin_port) and port_open(self.port) or not self.alive(), 30,
+        wait_until(lambda: (port_open(self.admin_port) and port_open(self.port)) or not self.alive(), 30,
                    "the gateway to listen")
         assert self.alive(), self.output()
 
@@ -271,3 +271,62 @@ class RawClient:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def system_binary(name: str) -> str:
+    """Path of a Debian-installed server binary; fails (never skips) when missing."""
+    import shutil
+
+    for candidate in (shutil.which(name), f"/usr/sbin/{name}"):
+        if candidate and Path(candidate).exists():
+            return candidate
+    raise AssertionError(f"{name} is not installed: run ./scripts/install-system-deps.sh (make test does)")
+
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+user root;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/tmp-body;
+    proxy_temp_path {prefix}/tmp-proxy;
+    fastcgi_temp_path {prefix}/tmp-fastcgi;
+    uwsgi_temp_path {prefix}/tmp-uwsgi;
+    scgi_temp_path {prefix}/tmp-scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://127.0.0.1:{backend_port};
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_read_timeout {read_timeout};
+            proxy_send_timeout {read_timeout};
+            proxy_buffering off;
+        }}
+    }}
+}}
+"""
+
+
+class NginxProcess(ManagedProcess):
+    """Debian's NGINX as a reverse proxy (one worker) in front of ``backend_port``."""
+
+    def __init__(self, tmp: Path, backend_port: int, read_timeout: str = "60s") -> None:
+        self.port = free_port()
+        prefix = tmp / f"nginx-{self.port}"
+        prefix.mkdir()
+        conf = prefix / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(prefix=prefix, port=self.port, backend_port=backend_port,
+                                          read_timeout=read_timeout))
+        super().__init__([system_binary("nginx"), "-c", str(conf), "-p", str(prefix)], prefix / "out.log")
+        wait_until(lambda: port_open(self.port) or not self.alive(), 20, "nginx to listen")
+        assert self.alive(), self.output() + (prefix / "error.log").read_text()
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"

@@ -61,7 +61,7 @@ def test_every_problem_in_one_error(tmp_path: Path) -> None:
 
 def test_client_ping_must_be_below_proxy_idle_timeout() -> None:
     """A ping interval not below the proxy's idle timeout is refused; below it is fine."""
-    with pytest.raises(ConfigError, match="client.ping_interval"):
+    with pytest.raises(ConfigError, match=r"client\.ping_interval"):
         load_config(overrides={"proxy": {"idle_timeout": "20s"}}, environ={})
     config = load_config(overrides={"proxy": {"idle_timeout": "60s"}}, environ={})
     assert config.proxy.idle_timeout == 60

@@ -66,7 +66,7 @@ async def test_gateway_answers_client_ping_while_app_is_frozen(
     client = await RawClient.connect(gw.port, "/ws/stall?seconds=3")
     client.send(client_frame(Opcode.TEXT, b"freeze now"))
     client.send(client_frame(Opcode.PING, b"are you there"))
-    fin, opcode, payload = await client.read_frame(timeout=2)
+    _fin, opcode, payload = await client.read_frame(timeout=2)
     assert (opcode, payload) == (Opcode.PONG, b"are you there")
     client.close()
 
