@@ -184,7 +184,8 @@ async def connect_upstream(
             try:
                 transport, protocol = await loop.create_connection(UpstreamProtocol, config.host, config.port)
             except ConnectionRefusedError:
-                raise UpstreamUnavailable("refused", f"upstream {config.host}:{config.port} refused the connection") from None
+                where = f"{config.host}:{config.port}"
+                raise UpstreamUnavailable("refused", f"upstream {where} refused the connection") from None
             except OSError as exc:
                 raise UpstreamUnavailable("error", f"cannot connect to upstream: {exc.strerror or exc}") from None
             key = new_key()
