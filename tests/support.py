@@ -25,6 +25,8 @@ import aiohttp
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.proxies import nginx_command
+
 ROOT = Path(__file__).resolve().parent.parent
 SCALE = float(os.environ.get("WS_GATEWAY_TEST_SCALE", "1"))
 HOST = "127.0.0.1"
@@ -273,45 +275,6 @@ class RawClient:
         self.writer.close()
 
 
-def system_binary(name: str) -> str:
-    """Path of a Debian-installed server binary; fails (never skips) when missing."""
-    import shutil
-
-    for candidate in (shutil.which(name), f"/usr/sbin/{name}"):
-        if candidate and Path(candidate).exists():
-            return candidate
-    raise AssertionError(f"{name} is not installed: run ./scripts/install-system-deps.sh (make test does)")
-
-
-NGINX_CONF = """
-worker_processes 1;
-daemon off;
-user root;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/tmp-body;
-    proxy_temp_path {prefix}/tmp-proxy;
-    fastcgi_temp_path {prefix}/tmp-fastcgi;
-    uwsgi_temp_path {prefix}/tmp-uwsgi;
-    scgi_temp_path {prefix}/tmp-scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://127.0.0.1:{backend_port};
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection "upgrade";
-            proxy_read_timeout {read_timeout};
-            proxy_send_timeout {read_timeout};
-            proxy_buffering off;
-        }}
-    }}
-}}
-"""
-
 
 class NginxProcess(ManagedProcess):
     """Debian's NGINX as a reverse proxy (one worker) in front of ``backend_port``."""
@@ -319,11 +282,7 @@ class NginxProcess(ManagedProcess):
     def __init__(self, tmp: Path, backend_port: int, read_timeout: str = "60s") -> None:
         self.port = free_port()
         prefix = tmp / f"nginx-{self.port}"
-        prefix.mkdir()
-        conf = prefix / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(prefix=prefix, port=self.port, backend_port=backend_port,
-                                          read_timeout=read_timeout))
-        super().__init__([system_binary("nginx"), "-c", str(conf), "-p", str(prefix)], prefix / "out.log")
+        super().__init__(nginx_command(prefix, self.port, backend_port, read_timeout), tmp / f"nginx-{self.port}.log")
         wait_until(lambda: port_open(self.port) or not self.alive(), 20, "nginx to listen")
         assert self.alive(), self.output() + (prefix / "error.log").read_text()
 
