@@ -191,6 +191,9 @@ class FrameScanner:
         "_split_offset",
         "_split_opcode",
         "_violation",
+        "_mask_bit",
+        "_small_header",
+        "_fast_limit",
         "fragmented_messages",
         "messages",
         "payload_bytes",
@@ -222,6 +225,9 @@ class FrameScanner:
         self._split_offset = 0
         self._piece_left = 0
         self._violation: tuple[int, str] | None = None
+        self._mask_bit = 0x80 if expect_masked else 0x00
+        self._small_header = 6 if expect_masked else 2
+        self._fast_limit = min(125, max_message_size, max_frame_size)
         self._message_split = False
         self.stopped = False
         """True after a close frame or a violation: later bytes are ignored."""
@@ -275,6 +281,29 @@ class FrameScanner:
                 break
             b0 = data[pos]
             b1 = data[pos + 1]
+            # Fast path: a small, unfragmented text/binary frame with the expected mask bit,
+            # the common case of chat-like traffic. Everything it skips is checked below.
+            if (
+                (b0 == 0x81 or b0 == 0x82)
+                and b1 & 0x80 == self._mask_bit
+                and (b1 & 0x7F) <= self._fast_limit
+                and not self._in_message
+            ):
+                length = b1 & 0x7F
+                self.messages += 1
+                self.payload_bytes += length
+                frame_end = pos + self._small_header + length
+                if frame_end <= end:
+                    pos = frame_end
+                    continue
+                if end - pos < self._small_header:
+                    self.messages -= 1
+                    self.payload_bytes -= length
+                    self._header_tail = data[pos:]
+                    break
+                self._remaining = frame_end - end
+                pos = end
+                break
             length = b1 & 0x7F
             header_len = 2
             if length == 126:
