@@ -118,11 +118,27 @@ class Gateway:
         return None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        """Relay one client's WebSocket to the upstream, from handshake to the last close."""
+        """Relay one client's WebSocket to the upstream, from handshake to the last close.
+
+        The long wait happens here, in a frame that holds only the request, the response and
+        the session: the handshake's headers and buffers are freed once the relay runs.
+        """
+        response, session = await self._open_session(request)
+        if session is None:
+            return response
+        self.sessions.add(session)
+        try:
+            await session.done
+        finally:
+            self.sessions.discard(session)
+        return response
+
+    async def _open_session(self, request: web.Request) -> tuple[web.StreamResponse, Session | None]:
+        """Check the request, open the upstream, answer 101 and start relaying; or refuse."""
         refusal = self._precheck(request)
         if refusal is not None:
             self.metrics.handshake_failed(refusal.status)
-            return refusal
+            return refusal, None
         client_config = self.config.client
         peer = request.transport.get_extra_info("peername") if request.transport else None
         peer_ip = peer[0] if peer else "unknown"
@@ -138,25 +154,25 @@ class Gateway:
         except TimeoutError:
             self.metrics.upstream_connect("timeout")
             self.metrics.handshake_failed(504)
-            return _refuse(504, "the upstream did not complete the handshake in time")
+            return _refuse(504, "the upstream did not complete the handshake in time"), None
         except UpstreamUnavailable as exc:
             self.metrics.upstream_connect(exc.result)
             status = 504 if exc.result == "timeout" else 502
             self.metrics.handshake_failed(status)
             logger.warning("upstream unavailable for %s: %s", request.path, exc)
-            return _refuse(status, f"upstream unavailable: {exc}")
+            return _refuse(status, f"upstream unavailable: {exc}"), None
         except UpstreamRefused as exc:
             self.metrics.upstream_connect("rejected")
             self.metrics.handshake_failed(exc.status)
             if client_config.refusal == "close":
-                return await self._accept_and_close(request, exc.status)
-            return _refuse(exc.status, f"upstream refused the WebSocket upgrade with HTTP {exc.status}")
+                return await self._accept_and_close(request, exc.status), None
+            return _refuse(exc.status, f"upstream refused the WebSocket upgrade with HTTP {exc.status}"), None
         finally:
             self.handshakes -= 1
         self.metrics.upstream_connect("ok")
         if request.transport is None or request.transport.is_closing():
             upstream.transport.abort()
-            return web.Response(status=499)
+            return web.Response(status=499), None
         response = self._switching_protocols(request, upstream.subprotocol)
         await response.prepare(request)
         session = Session(
@@ -174,16 +190,9 @@ class Gateway:
             upstream.transport,
             WriteFlow(upstream.protocol.is_paused, upstream.protocol.wait_resumed),
         )
-        self.sessions.add(session)
-        try:
-            upstream.protocol.attach(
-                session.upstream.scanner.feed, session.upstream.transport_lost, upstream.first_bytes
-            )
-            client_protocol.set_parser(_ClientFeeder(session))  # type: ignore[arg-type]
-            await asyncio.shield(session.done)
-        finally:
-            self.sessions.discard(session)
-        return response
+        upstream.protocol.attach(session.upstream.scanner.feed, session.upstream.transport_lost, upstream.first_bytes)
+        client_protocol.set_parser(_ClientFeeder(session))  # type: ignore[arg-type]
+        return response, session
 
     @staticmethod
     def _switching_protocols(request: web.Request, subprotocol: str | None) -> web.StreamResponse:

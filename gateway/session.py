@@ -291,21 +291,21 @@ class Session:
     """
 
     __slots__ = (
-        "session_id",
-        "client_ip",
-        "path",
-        "metrics",
-        "client_config",
-        "upstream_config",
-        "close_timeout",
-        "state",
-        "initiator",
-        "cause",
-        "started",
-        "done",
-        "client",
-        "upstream",
         "_hold_tasks",
+        "cause",
+        "client",
+        "client_config",
+        "client_ip",
+        "close_timeout",
+        "done",
+        "initiator",
+        "metrics",
+        "path",
+        "session_id",
+        "started",
+        "state",
+        "upstream",
+        "upstream_config",
     )
 
     def __init__(

@@ -68,7 +68,8 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.head: asyncio.Future[tuple[bytes, bytes]] = asyncio.get_running_loop().create_future()
+        self.head: asyncio.Future[tuple[bytes, bytes]] | None = asyncio.get_running_loop().create_future()
+        """Resolves with (response head, bytes after it); None once a session is attached."""
         self._buffer = bytearray()
         self._feed: Callable[[bytes], None] | None = None
         self._on_lost: Callable[[], None] | None = None
@@ -86,7 +87,7 @@ class UpstreamProtocol(asyncio.Protocol):
         if feed is not None:
             feed(data)
             return
-        if self.head.done():
+        if self.head is None or self.head.done():  # handshake read, session not attached yet
             self._early.append(data)
             return
         self._buffer += data
@@ -103,7 +104,7 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
-        if not self.head.done():
+        if self.head is not None and not self.head.done():
             self.head.set_exception(
                 UpstreamUnavailable("error", "upstream closed the connection during the handshake")
             )
@@ -137,6 +138,7 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def attach(self, feed: Callable[[bytes], None], on_lost: Callable[[], None], first: bytes) -> None:
         """Hand reads to ``feed`` from now on, starting with bytes that came with the handshake."""
+        self.head = None  # drop the response head: idle sessions should hold nothing more
         if first:
             feed(first)
         for chunk in self._early:
@@ -195,6 +197,7 @@ async def connect_upstream(
             transport.write(
                 build_upgrade_request(f"{config.host}:{config.port}", config.base_path + target, key, extra)
             )
+            assert protocol.head is not None
             head, rest = await protocol.head
     except TimeoutError:
         if transport is not None:
