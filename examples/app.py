@@ -77,6 +77,16 @@ async def forbidden(websocket: WebSocket, _: None = Depends(_deny)) -> None:
     await websocket.accept()
 
 
+def _broken() -> None:
+    raise RuntimeError("dependency failed")
+
+
+@app.websocket("/ws/broken")
+async def broken(websocket: WebSocket, _: None = Depends(_broken)) -> None:
+    """A dependency that fails before accept(): uvicorn answers HTTP 500."""
+    await websocket.accept()
+
+
 @app.websocket("/ws/crash")
 async def crash(websocket: WebSocket) -> None:
     """Accept, wait for one message, then fail: uvicorn drops TCP with no close frame (1006)."""
