@@ -25,7 +25,7 @@ import uuid
 from typing import Final
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from gateway.closecodes import Cause, CloseCode
@@ -72,7 +72,10 @@ class Gateway:
 
     def __init__(self, config: GatewayConfig, registry: CollectorRegistry | None = None) -> None:
         self.config = config
-        self.metrics = GatewayMetrics(registry or CollectorRegistry())
+        registry = registry or CollectorRegistry()
+        ProcessCollector(registry=registry)  # process_resident_memory_bytes, process_cpu_seconds_total, ...
+        PlatformCollector(registry=registry)  # python_info
+        self.metrics = GatewayMetrics(registry)
         self.sessions: set[Session] = set()
         self.handshakes = 0
         self.draining = False
