@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint unit bench system-deps clean
+.PHONY: demo test lint bench dashboard system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,11 +19,14 @@ demo: $(STAMP)
 	$(BIN)/python -m examples.demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check gateway tests examples bench
+	$(BIN)/ruff check gateway tests examples bench observability
 	$(BIN)/mypy --strict gateway
 
 test: $(STAMP) system-deps lint
 	$(BIN)/python -m pytest -q
+
+dashboard: $(STAMP)
+	$(BIN)/python -m observability.dashboard
 
 bench: $(STAMP) system-deps
 	$(BIN)/python -m bench.run

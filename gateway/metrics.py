@@ -36,22 +36,34 @@ CONNECT_RESULTS: Final = ("ok", "refused", "error", "timeout", "invalid", "rejec
 handshake answer), ``rejected`` (an HTTP status other than 101)."""
 RTT_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
-# Closes the gateway itself starts, as they appear on each leg; pre-exported at 0 so
-# alerts see these series from start-up. The leg that did not fail gets 1001.
-_GATEWAY_CLOSES: Final = (
-    ("client", CloseCode.INTERNAL_ERROR, Cause.PING_TIMEOUT),
-    ("client", CloseCode.MESSAGE_TOO_BIG, Cause.MESSAGE_TOO_BIG),
-    ("client", CloseCode.POLICY_VIOLATION, Cause.SLOW_CONSUMER),
-    ("client", CloseCode.SERVICE_RESTART, Cause.SHUTDOWN),
-    ("client", CloseCode.PROTOCOL_ERROR, Cause.PROTOCOL_ERROR),
-    ("upstream", CloseCode.INTERNAL_ERROR, Cause.PING_TIMEOUT),
-    ("upstream", CloseCode.MESSAGE_TOO_BIG, Cause.MESSAGE_TOO_BIG),
-    ("upstream", CloseCode.PROTOCOL_ERROR, Cause.PROTOCOL_ERROR),
+# Closes whose series are exported at 0 from start-up, so rate() and alerts see their very
+# first occurrence: the gateway's own closes as they appear on each leg (the leg that did not
+# fail gets 1001), the app crashing or restarting, clients vanishing, and normal closes.
+_G, _C, _U = Initiator.GATEWAY, Initiator.CLIENT, Initiator.UPSTREAM
+_KNOWN_CLOSES: Final = (
+    ("client", CloseCode.INTERNAL_ERROR, _G, Cause.PING_TIMEOUT),
+    ("client", CloseCode.MESSAGE_TOO_BIG, _G, Cause.MESSAGE_TOO_BIG),
+    ("client", CloseCode.POLICY_VIOLATION, _G, Cause.SLOW_CONSUMER),
+    ("client", CloseCode.SERVICE_RESTART, _G, Cause.SHUTDOWN),
+    ("client", CloseCode.PROTOCOL_ERROR, _G, Cause.PROTOCOL_ERROR),
+    ("upstream", CloseCode.INTERNAL_ERROR, _G, Cause.PING_TIMEOUT),
+    ("upstream", CloseCode.MESSAGE_TOO_BIG, _G, Cause.MESSAGE_TOO_BIG),
+    ("upstream", CloseCode.PROTOCOL_ERROR, _G, Cause.PROTOCOL_ERROR),
     *(
-        ("upstream", CloseCode.GOING_AWAY, cause)
+        ("upstream", CloseCode.GOING_AWAY, _G, cause)
         for cause in (Cause.PING_TIMEOUT, Cause.MESSAGE_TOO_BIG, Cause.SLOW_CONSUMER, Cause.SHUTDOWN,
                       Cause.PROTOCOL_ERROR)
     ),
+    ("upstream", CloseCode.ABNORMAL, _U, Cause.ABNORMAL),
+    ("client", CloseCode.INTERNAL_ERROR, _U, Cause.ABNORMAL),
+    ("upstream", CloseCode.SERVICE_RESTART, _U, Cause.SHUTDOWN),
+    ("client", CloseCode.SERVICE_RESTART, _U, Cause.SHUTDOWN),
+    ("client", CloseCode.ABNORMAL, _C, Cause.ABNORMAL),
+    ("upstream", CloseCode.GOING_AWAY, _C, Cause.ABNORMAL),
+    ("client", CloseCode.NORMAL, _C, Cause.NORMAL),
+    ("upstream", CloseCode.NORMAL, _C, Cause.NORMAL),
+    ("client", CloseCode.NORMAL, _U, Cause.NORMAL),
+    ("upstream", CloseCode.NORMAL, _U, Cause.NORMAL),
 )
 
 
@@ -148,8 +160,8 @@ class GatewayMetrics:
             self._ping_timeouts.labels(leg)
             self._oversize.labels(leg)
             self._protocol_errors.labels(leg)
-        for leg, code, cause in _GATEWAY_CLOSES:
-            self._closes.labels(leg, code_label(code), Initiator.GATEWAY.value, cause.value)
+        for leg, code, initiator, cause in _KNOWN_CLOSES:
+            self._closes.labels(leg, code_label(code), initiator.value, cause.value)
         for status in HANDSHAKE_STATUSES:
             self._handshake_failures.labels(status)
         for result in CONNECT_RESULTS:
