@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench dashboard system-deps clean
+.PHONY: demo test lint bench dashboard dashboard-preview system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ test: $(STAMP) system-deps lint
 
 dashboard: $(STAMP)
 	$(BIN)/python -m observability.dashboard
+
+dashboard-preview: $(STAMP) system-deps
+	$(BIN)/python -m observability.preview
 
 bench: $(STAMP) system-deps
 	$(BIN)/python -m bench.run

@@ -217,3 +217,20 @@ async def async_poll(probe: Callable[[], Any], timeout: float) -> None:
             return
         await asyncio.sleep(0.2)
     raise AssertionError("timed out")
+
+
+def test_dashboard_preview_renders_png(tmp_path: Path) -> None:
+    """`make dashboard-preview` (short run): real processes, real Prometheus, a PNG of the main panels."""
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+
+    output = tmp_path / "preview.png"
+    result = subprocess.run([sys.executable, "-m", "observability.preview", "--seconds", "5", "--output",
+                             str(output)], capture_output=True, text=True, cwd=ROOT, timeout=scaled(180),
+                            check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = output.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(data) > 30_000, "six drawn panels, not an empty canvas"
