@@ -16,6 +16,9 @@ from typing import Any
 
 UID = "ws-gateway-overview"
 OUTPUT = Path(__file__).with_name("ws-gateway-dashboard.json")
+ALERTS = Path(__file__).with_name("alerts.yaml")
+CHART_FILES = Path(__file__).resolve().parent.parent / "charts" / "ws-gateway" / "files"
+GENERATED = "generated from observability/ by `make dashboard`; do not edit"
 SELECTOR = 'namespace=~"$namespace", pod=~"$pod"'
 """The one label selector every query uses."""
 RATE = "$__rate_interval"
@@ -219,9 +222,21 @@ def render() -> str:
     return json.dumps(build(), indent=2, ensure_ascii=False) + "\n"
 
 
+def chart_copies() -> dict[Path, str]:
+    """The chart's copies of the dashboard and the alert rules, each marked as generated."""
+    marked = {"__comment": GENERATED, **build()}
+    return {
+        CHART_FILES / "ws-gateway-dashboard.json": json.dumps(marked, indent=2, ensure_ascii=False) + "\n",
+        CHART_FILES / "alerts.yaml": f"# {GENERATED}\n" + ALERTS.read_text(encoding="utf-8"),
+    }
+
+
 def main() -> int:
     OUTPUT.write_text(render(), encoding="utf-8")
     print(f"wrote {OUTPUT}")
+    for path, text in chart_copies().items():
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {path}")
     return 0
 
 
