@@ -157,7 +157,7 @@ def test_schema_rejects_typos_and_wrong_types(values: dict[str, Any], message: s
 
 def test_grace_period_must_exceed_drain() -> None:
     """A grace period that does not leave room for the drain is refused at render time."""
-    with pytest.raises(helm.HelmError, match="must exceed the gateway's drain.timeout"):
+    with pytest.raises(helm.HelmError, match=r"must exceed the gateway's drain\.timeout"):
         render({"terminationGracePeriodSeconds": 20})
 
 
