@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench dashboard dashboard-preview system-deps clean
+.PHONY: demo test lint bench dashboard dashboard-preview image system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ dashboard: $(STAMP)
 
 dashboard-preview: $(STAMP) system-deps
 	$(BIN)/python -m observability.preview
+
+image: $(STAMP) system-deps
+	./scripts/build-image.sh localhost/ws-gateway:dev
 
 bench: $(STAMP) system-deps
 	$(BIN)/python -m bench.run
