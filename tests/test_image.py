@@ -74,16 +74,15 @@ async def test_image_relays_reports_and_drains(image: str, container_name: str, 
         assert run.returncode == 0, run.stderr
         await async_wait_until(lambda: port_open(port) and port_open(admin), 30, "the container to listen")
         assert podman("exec", container_name, "id", "-u").stdout.strip() == "10001"
-        async with aiohttp.ClientSession() as http:
-            async with http.ws_connect(f"http://127.0.0.1:{port}/ws/echo") as ws:
-                await ws.send_str("through the image")
-                assert (await ws.receive(timeout=scaled(10))).data == "through the image"
-                async with http.get(f"http://127.0.0.1:{admin}/metrics") as response:
-                    assert "ws_gateway_sessions_total 1.0" in await response.text()
-                stop_sent = time.monotonic()
-                assert podman("kill", "--signal", "TERM", container_name).returncode == 0
-                closing = await ws.receive(timeout=scaled(10))
-                assert (closing.type, closing.data) == (aiohttp.WSMsgType.CLOSE, 1012)
+        async with aiohttp.ClientSession() as http, http.ws_connect(f"http://127.0.0.1:{port}/ws/echo") as ws:
+            await ws.send_str("through the image")
+            assert (await ws.receive(timeout=scaled(10))).data == "through the image"
+            async with http.get(f"http://127.0.0.1:{admin}/metrics") as response:
+                assert "ws_gateway_sessions_total 1.0" in await response.text()
+            stop_sent = time.monotonic()
+            assert podman("kill", "--signal", "TERM", container_name).returncode == 0
+            closing = await ws.receive(timeout=scaled(10))
+            assert (closing.type, closing.data) == (aiohttp.WSMsgType.CLOSE, 1012)
         await async_wait_until(lambda: podman("inspect", container_name, "--format", "{{.State.Running}}")
                                .stdout.strip() == "false", 15, "the container to exit")
         assert time.monotonic() - stop_sent < scaled(5) + 2
