@@ -6,8 +6,7 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE} AS build
 COPY wheels/ /wheels/
 RUN python3 -m venv /opt/ws-gateway \
-    && /opt/ws-gateway/bin/pip install --no-cache-dir --no-index --find-links /wheels ws-gateway \
-    && rm -rf /opt/ws-gateway/lib/python3*/site-packages/pip
+    && /opt/ws-gateway/bin/pip install --no-cache-dir --no-index --find-links /wheels ws-gateway
 
 FROM ${BASE_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="ws-gateway" \
@@ -25,3 +24,17 @@ EXPOSE 8080 9102
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["ws-gateway"]
 CMD ["--config", "/etc/ws-gateway/gateway.yaml"]
+
+# The example FastAPI app (examples/app.py) on the same base, used by the chart's standalone
+# mode and the image tests: build the wheels with `pip wheel -w wheels . fastapi uvicorn websockets`,
+# then docker build --target example-app -t ws-gateway-example-app .
+FROM build AS example-build
+RUN /opt/ws-gateway/bin/pip install --no-cache-dir --no-index --find-links /wheels fastapi uvicorn websockets
+
+FROM runtime AS example-app
+COPY --from=example-build /opt/ws-gateway /opt/ws-gateway
+COPY examples/ /app/examples/
+WORKDIR /app
+EXPOSE 8000
+ENTRYPOINT ["python", "-m", "uvicorn", "examples.app:app"]
+CMD ["--host", "127.0.0.1", "--port", "8000"]

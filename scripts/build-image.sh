@@ -4,10 +4,13 @@
 #   1. a local Debian bookworm base image with python3 (debootstrap), cached as a tarball;
 #   2. wheels built on the host (the image build runs with --network none);
 #   3. podman build of the project's Dockerfile against that base.
-# Usage: scripts/build-image.sh [IMAGE_TAG]   (default localhost/ws-gateway:dev)
+# Usage: scripts/build-image.sh [IMAGE_TAG] [EXAMPLE_APP_TAG]
+#   IMAGE_TAG: the gateway image (default localhost/ws-gateway:dev)
+#   EXAMPLE_APP_TAG: also build the example FastAPI app image (Dockerfile target example-app)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 tag=${1:-localhost/ws-gateway:dev}
+example_tag=${2:-}
 base=localhost/ws-gateway-base:bookworm
 cache_dir=${WS_GATEWAY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ws-gateway}
 python=${PYTHON:-$root/.venv/bin/python}
@@ -41,10 +44,22 @@ fi
 
 context=$(mktemp -d)
 trap 'rm -rf "$context"' EXIT
-mkdir -p "$context/config"
+mkdir -p "$context/config" "$context/examples"
 cp "$root/Dockerfile" "$root/.dockerignore" "$context/"
 cp "$root/config/gateway.yaml" "$context/config/"
-"$python" -m pip wheel -q --disable-pip-version-check -w "$context/wheels" "$root" 2>&1 | grep -v '^WARNING: Location' || true
+cp "$root/examples/app.py" "$root/examples/demo.html" "$root/examples/__init__.py" "$context/examples/"
+extra=()
+[ -n "$example_tag" ] && extra=(fastapi uvicorn websockets)
+"$python" -m pip wheel -q --disable-pip-version-check -w "$context/wheels" "$root" "${extra[@]}" 2>&1 \
+  | grep -v '^WARNING: Location' || true
 ls "$context/wheels"/ws_gateway-*.whl >/dev/null
 podman build -q --pull=never --network none --build-arg "BASE_IMAGE=$base" --target runtime -t "$tag" "$context" >/dev/null
 echo "built $tag"
+if [ -n "$example_tag" ]; then
+  podman build -q --pull=never --network none --build-arg "BASE_IMAGE=$base" --target example-app \
+    -t "$example_tag" "$context" >/dev/null
+  echo "built $example_tag"
+fi
+# Each build leaves its untagged build-stage images behind; drop dangling images so repeated
+# builds (CI on the same machine) do not fill the disk.
+podman image prune -f >/dev/null
