@@ -73,6 +73,11 @@ def test_standalone_deployment_essentials(tmp_path: Path) -> None:
     assert next(p for p in gateway["ports"] if p["name"] == "admin")["containerPort"] == 9102
     config_map = by_kind(documents, "ConfigMap")[0]
     config = yaml.safe_load(config_map["data"]["gateway.yaml"])
+    mount = next(m for m in gateway["volumeMounts"] if m["name"] == "ws-gateway-config")
+    volume = next(v for v in pod["volumes"] if v["name"] == "ws-gateway-config")
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+    assert gateway["args"] == ["--config", f"{mount['mountPath']}/gateway.yaml"], "the mounted file is the one read"
+    assert (config["listen"], config["admin_listen"]) == ("0.0.0.0:8080", "0.0.0.0:9102")
     assert pod["terminationGracePeriodSeconds"] > 25
     assert config["drain"]["timeout"] == "25s"
     security = gateway["securityContext"]
