@@ -30,6 +30,7 @@ __all__ = [
     "GatewayConfig",
     "LegConfig",
     "ProxyConfig",
+    "ReconnectConfig",
     "UpstreamConfig",
     "effective_config",
     "load_config",
@@ -139,6 +140,32 @@ class DrainConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ReconnectConfig:
+    """Holding clients while the upstream restarts or crashes."""
+
+    enabled: bool
+    """Reconnect the upstream leg instead of closing the client when the upstream goes away."""
+    codes: frozenset[int]
+    """Upstream close codes that are retried (1006: the connection dropped with no close frame)."""
+    initial_backoff: float
+    """Base of the exponential backoff, in seconds (full jitter; the first retry is immediate)."""
+    max_backoff: float
+    """Largest delay between attempts, in seconds."""
+    give_up_after: float
+    """Seconds an outage may last before the client is closed with 1013."""
+    max_reconnects: int
+    """Upstream losses one session may survive within breaker_window before it is closed with 1011."""
+    breaker_window: float
+    """Window of the per-session circuit breaker, in seconds."""
+    buffer_messages: int
+    """Client messages held during an outage."""
+    buffer_bytes: int
+    """Bytes of client messages held during an outage."""
+    overflow: str
+    """``close``: a full buffer closes the client with 1013; ``drop_oldest``: oldest messages are dropped."""
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     """The whole, validated configuration."""
 
@@ -150,6 +177,7 @@ class GatewayConfig:
     upstream: UpstreamConfig
     proxy: ProxyConfig
     drain: DrainConfig
+    reconnect: ReconnectConfig
 
 
 # Key -> (default, parser). Parsers raise ValueError with what is allowed.
@@ -174,6 +202,21 @@ def _positive_int(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError("expected a whole number greater than 0")
     return value
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("expected true or false")
+    return value
+
+
+def _close_codes(value: object) -> frozenset[int]:
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ValueError("expected a list of close codes such as [1001, 1006, 1011, 1012]")
+    bad = [v for v in value if not (1000 <= v <= 4999)]
+    if bad:
+        raise ValueError(f"{bad} are not close codes (1000-4999)")
+    return frozenset(value)
 
 
 def _optional_duration(value: object) -> float | None:
@@ -283,6 +326,18 @@ SCHEMA: Final[dict[str, Any]] = {
         "trusted_proxies": ([], _cidrs),
         "idle_timeout": (None, _optional_duration),
     },
+    "reconnect": {
+        "enabled": (True, _boolean),
+        "codes": ([1001, 1006, 1011, 1012, 1013, 1014], _close_codes),
+        "initial_backoff": ("100ms", _positive_duration),
+        "max_backoff": ("2s", _positive_duration),
+        "give_up_after": ("30s", _positive_duration),
+        "max_reconnects": (5, _positive_int),
+        "breaker_window": ("60s", _positive_duration),
+        "buffer_messages": (1000, _positive_int),
+        "buffer_bytes": ("1MiB", _positive_size),
+        "overflow": ("close", _choice(("close", "drop_oldest"))),
+    },
     "drain": {
         "listener_delay": ("5s", parse_duration),
         "spread": ("10s", parse_duration),
@@ -362,6 +417,12 @@ def _check_consistency(values: dict[str, Any], problems: list[str]) -> None:
                 f"client.ping_interval: {format_duration(client['ping_interval'])} must be below "
                 f"proxy.idle_timeout ({format_duration(idle)}) so the proxy never sees an idle connection"
             )
+    reconnect = values["reconnect"]
+    if reconnect["max_backoff"] < reconnect["initial_backoff"]:
+        problems.append(
+            f"reconnect.max_backoff: {format_duration(reconnect['max_backoff'])} must not be below "
+            f"reconnect.initial_backoff ({format_duration(reconnect['initial_backoff'])})"
+        )
     if drain["listener_delay"] + drain["spread"] >= drain["timeout"]:
         problems.append(
             f"drain.timeout: {format_duration(drain['timeout'])} must exceed drain.listener_delay + "
@@ -418,16 +479,19 @@ def load_config(
         upstream=UpstreamConfig(**values["upstream"]),
         proxy=ProxyConfig(**values["proxy"]),
         drain=DrainConfig(**values["drain"]),
+        reconnect=ReconnectConfig(**values["reconnect"]),
     )
 
 
 def _human(value: Any, key: str) -> Any:
     if isinstance(value, float) and key not in ("max_sessions",):
         return format_duration(value)
-    if isinstance(value, int) and not isinstance(value, bool) and key.endswith(("_size", "_buffered")):
+    if isinstance(value, int) and not isinstance(value, bool) and key.endswith(("_size", "_buffered", "_bytes")):
         return format_size(value)
     if isinstance(value, tuple):
         return list(value)
+    if isinstance(value, frozenset):
+        return sorted(value)
     return value
 
 

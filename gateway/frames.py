@@ -243,6 +243,22 @@ class FrameScanner:
         """True while the destination is inside a forwarded frame (no control frame may go in)."""
         return self._remaining > 0 and self._control_opcode < 0 and (not self._split or self._piece_left > 0)
 
+    @property
+    def in_message(self) -> bool:
+        """True between the first and the last frame of a fragmented message."""
+        return self._in_message
+
+    def cut_point(self) -> tuple[int, bool]:
+        """Where the forwarded stream stands if the destination is lost now.
+
+        Returns:
+            ``(bytes still to come of the data frame being forwarded, inside a message)``:
+            what a replay buffer must skip to start at a message boundary.
+        """
+        if self._control_opcode >= 0 or not self._remaining:
+            return 0, self._in_message
+        return (self._piece_left if self._split else self._remaining), self._in_message
+
     def feed(self, data: bytes) -> None:
         """Consume bytes read from the source leg."""
         if self.stopped:

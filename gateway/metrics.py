@@ -31,6 +31,10 @@ DIRECTIONS: Final = ("client_to_upstream", "upstream_to_client")
 HANDSHAKE_STATUSES: Final = ("400", "403", "404", "426", "431", "500", "502", "503", "504", "other")
 """Bounded ``status`` label values of handshake failures."""
 CONNECT_RESULTS: Final = ("ok", "refused", "error", "timeout", "invalid", "rejected")
+RECONNECT_RESULTS: Final = (*CONNECT_RESULTS, "subprotocol")
+"""``result`` of reconnect attempts: the connect results, plus ``subprotocol`` (the new upstream
+chose another subprotocol than the first one)."""
+OUTAGE_BUCKETS: Final = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 """``result`` label values of upstream connection attempts: ``ok`` (101), ``refused``
 (TCP refused), ``error`` (other socket error), ``timeout``, ``invalid`` (a bad
 handshake answer), ``rejected`` (an HTTP status other than 101)."""
@@ -60,6 +64,7 @@ _KNOWN_CLOSES: Final = (
     ("client", CloseCode.SERVICE_RESTART, _U, Cause.SHUTDOWN),
     ("client", CloseCode.ABNORMAL, _C, Cause.ABNORMAL),
     ("upstream", CloseCode.GOING_AWAY, _C, Cause.ABNORMAL),
+    ("client", CloseCode.TRY_AGAIN_LATER, _G, Cause.UPSTREAM_UNAVAILABLE),
     ("client", CloseCode.NORMAL, _C, Cause.NORMAL),
     ("upstream", CloseCode.NORMAL, _C, Cause.NORMAL),
     ("client", CloseCode.NORMAL, _U, Cause.NORMAL),
@@ -72,6 +77,10 @@ class TrafficCounters(Protocol):
 
     def traffic(self) -> tuple[int, int, int, int, int, int]:
         """(messages, bytes, fragmented) client->upstream, then upstream->client."""
+        ...
+
+    def replay_state(self) -> tuple[int, int, bool]:
+        """(messages buffered, bytes buffered, reconnecting now)."""
         ...
 
 
@@ -99,6 +108,20 @@ class _TrafficCollector(Collector):
         gauge = GaugeMetricFamily(f"{PREFIX}_sessions_open", "Client sessions open now.")
         gauge.add_metric([], len(self._owner.live_sessions))
         yield gauge
+        messages = buffered = reconnecting = 0
+        for session in self._owner.live_sessions:
+            held, held_bytes, waiting = session.replay_state()
+            messages += held
+            buffered += held_bytes
+            reconnecting += waiting
+        for name, documentation, value in (
+            ("sessions_reconnecting", "Sessions whose upstream leg is being reconnected now.", reconnecting),
+            ("replay_buffered_messages", "Client messages held for replay during upstream outages.", messages),
+            ("replay_buffered_bytes", "Bytes of client messages held for replay during upstream outages.", buffered),
+        ):
+            replay_gauge = GaugeMetricFamily(f"{PREFIX}_{name}", documentation)
+            replay_gauge.add_metric([], value)
+            yield replay_gauge
 
 
 class GatewayMetrics:
@@ -149,6 +172,39 @@ class GatewayMetrics:
             ["result"],
             registry=registry,
         )
+        self._reconnects = Counter(
+            f"{PREFIX}_upstream_reconnects",
+            "Attempts to reconnect a session's upstream leg, by result.",
+            ["result"],
+            registry=registry,
+        )
+        self._outages = Histogram(
+            f"{PREFIX}_upstream_outage_seconds",
+            "How long sessions waited for their upstream to come back (resumed outages).",
+            buckets=OUTAGE_BUCKETS,
+            registry=registry,
+        )
+        self._resumed = Counter(
+            f"{PREFIX}_sessions_resumed",
+            "Upstream losses a session survived: reconnected and replayed without closing the client.",
+            registry=registry,
+        )
+        self._replayed = Counter(
+            f"{PREFIX}_replayed_messages", "Client messages replayed to a reconnected upstream.", registry=registry
+        )
+        self._replay_dropped = Counter(
+            f"{PREFIX}_replay_dropped_messages",
+            "Client messages lost during outages: cut by the outage, or dropped as oldest on overflow.",
+            registry=registry,
+        )
+        self._replay_overflows = Counter(
+            f"{PREFIX}_replay_overflows", "Replay buffers that overflowed, by policy.", ["policy"], registry=registry
+        )
+        self._breaker_trips = Counter(
+            f"{PREFIX}_reconnect_breaker_trips",
+            "Sessions closed because their upstream was lost too often (circuit breaker).",
+            registry=registry,
+        )
         self._draining = Gauge(f"{PREFIX}_draining", "1 while the gateway drains after SIGTERM.", registry=registry)
         self._ready = Gauge(f"{PREFIX}_ready", "1 while /readyz answers 200.", registry=registry)
         Info(f"{PREFIX}_build", "Version of the gateway.", registry=registry).info(
@@ -166,6 +222,10 @@ class GatewayMetrics:
             self._handshake_failures.labels(status)
         for result in CONNECT_RESULTS:
             self._connects.labels(result)
+        for result in RECONNECT_RESULTS:
+            self._reconnects.labels(result)
+        for policy in ("close", "drop_oldest"):
+            self._replay_overflows.labels(policy)
 
     def session_opened(self, session: TrafficCounters) -> None:
         """A client upgrade completed; the session's counters become visible."""
@@ -211,6 +271,27 @@ class GatewayMetrics:
     def upstream_connect(self, result: str) -> None:
         """An upstream connection attempt ended with ``result`` (one of CONNECT_RESULTS)."""
         self._connects.labels(result).inc()
+
+    def reconnect_attempt(self, result: str) -> None:
+        """A reconnect attempt ended with ``result`` (one of RECONNECT_RESULTS)."""
+        self._reconnects.labels(result).inc()
+
+    def session_resumed(self, outage_seconds: float, replayed: int) -> None:
+        """A session got a new upstream after ``outage_seconds`` and replayed ``replayed`` messages."""
+        self._resumed.inc()
+        self._outages.observe(outage_seconds)
+        self._replayed.inc(replayed)
+
+    def replay_lost(self, dropped: int, overflowed: bool, policy: str) -> None:
+        """Messages were lost from a replay buffer; ``overflowed`` when its limits were hit."""
+        if dropped:
+            self._replay_dropped.inc(dropped)
+        if overflowed:
+            self._replay_overflows.labels(policy).inc()
+
+    def breaker_tripped(self) -> None:
+        """A session lost its upstream too often and is being closed."""
+        self._breaker_trips.inc()
 
     def set_draining(self, draining: bool) -> None:
         """The drain state changed."""

@@ -34,14 +34,19 @@ from gateway.forwarding import forward_headers, offered_subprotocols
 from gateway.frames import Opcode, build_close_payload, build_frame
 from gateway.handshake import accept_key
 from gateway.metrics import GatewayMetrics
+from gateway.reconnect import Reopen, UpstreamRecovery
 from gateway.session import Session, WriteFlow
-from gateway.upstream import UpstreamRefused, UpstreamUnavailable, connect_upstream
+from gateway.upstream import UpstreamConnection, UpstreamRefused, UpstreamUnavailable, connect_upstream
 
 __all__ = ["Gateway", "run_gateway"]
 
 logger = logging.getLogger("gateway.server")
 
 GATEWAY_KEY: Final = web.AppKey("gateway", object)
+SESSION_ID_HEADER: Final = "X-Gateway-Session-Id"
+"""Sent upstream on every handshake of a session, so the app can restore per-connection state."""
+RECONNECT_HEADER: Final = "X-Gateway-Reconnect"
+"""Sent upstream on reconnect handshakes: the attempt number within the current outage."""
 _READY_CACHE_SECONDS: Final = 1.0
 _READY_PROBE_TIMEOUT: Final = 1.0
 
@@ -148,12 +153,12 @@ class Gateway:
         raw_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
         forwarded = forward_headers(raw_headers, peer_ip, self._networks)
         offered = offered_subprotocols(raw_headers)
+        session_id = uuid.uuid4().hex
+        upstream_headers = [*forwarded.headers, (SESSION_ID_HEADER, session_id)]
         self.handshakes += 1
         try:
             async with asyncio.timeout(client_config.handshake_timeout):
-                upstream = await connect_upstream(
-                    self.config.upstream, request.raw_path, forwarded.headers, offered
-                )
+                upstream = await connect_upstream(self.config.upstream, request.raw_path, upstream_headers, offered)
         except TimeoutError:
             self.metrics.upstream_connect("timeout")
             self.metrics.handshake_failed(504)
@@ -179,13 +184,21 @@ class Gateway:
         response = self._switching_protocols(request, upstream.subprotocol)
         await response.prepare(request)
         session = Session(
-            uuid.uuid4().hex,
+            session_id,
             forwarded.client_ip,
             request.path,
             self.metrics,
             client_config,
             self.config.upstream,
         )
+        if self.config.reconnect.enabled:
+            session.recovery = UpstreamRecovery(
+                session,
+                self.config.reconnect,
+                self._reopener(request.raw_path, upstream_headers, offered),
+                upstream.subprotocol,
+            )
+            session.recovery.allowed = not self.draining
         client_protocol = request.protocol
         session.attach(
             request.transport,
@@ -196,6 +209,25 @@ class Gateway:
         upstream.protocol.attach(session.upstream.scanner.feed, session.upstream.transport_lost, upstream.first_bytes)
         client_protocol.set_parser(_ClientFeeder(session))  # type: ignore[arg-type]
         return response, session
+
+    def _reopener(self, target: str, headers: list[tuple[str, str]], offered: list[str]) -> Reopen:
+        """The reconnect handshake: the same path, query, headers and subprotocol offer, plus the attempt."""
+        frozen = tuple(headers)
+
+        async def reopen(attempt: int) -> UpstreamConnection:
+            extra = [*frozen, (RECONNECT_HEADER, str(attempt))]
+            try:
+                connection = await connect_upstream(self.config.upstream, target, extra, offered)
+            except UpstreamUnavailable as exc:
+                self.metrics.upstream_connect(exc.result)
+                raise
+            except UpstreamRefused:
+                self.metrics.upstream_connect("rejected")
+                raise
+            self.metrics.upstream_connect("ok")
+            return connection
+
+        return reopen
 
     @staticmethod
     def _switching_protocols(request: web.Request, subprotocol: str | None) -> web.StreamResponse:
@@ -297,6 +329,9 @@ class Gateway:
         if self.draining:
             return
         self.draining = True
+        for session in self.sessions:
+            if session.recovery is not None:
+                session.recovery.allowed = False  # while draining, an upstream loss closes the client
         self.metrics.set_draining(True)
         self.metrics.set_ready(False)
         logger.info("drain started", extra={"fields": {"sessions": len(self.sessions)}})

@@ -9,8 +9,10 @@ with a meaningful code, and writes one log line and one close count per
 leg when both legs are gone.
 
 States (changed only in :meth:`Session._set_state`, each change logged at
-debug): ``OPEN`` relays; ``CLOSING`` after the first close, while the legs
-finish their closing handshakes; ``CLOSED`` when both transports are gone.
+debug): ``OPEN`` relays; ``RECONNECTING`` while the upstream leg is being
+replaced (:mod:`gateway.reconnect`) and the client's messages are buffered;
+``CLOSING`` after the first close, while the legs finish their closing
+handshakes; ``CLOSED`` when both transports are gone.
 """
 
 from __future__ import annotations
@@ -23,13 +25,18 @@ import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from gateway.closecodes import Cause, CloseCode, Initiator, cause_for_code, wire_code
 from gateway.config import ClientConfig, LegConfig, UpstreamConfig
 from gateway.frames import FrameScanner, Opcode, build_close_payload, build_frame
 from gateway.metrics import GatewayMetrics
+from gateway.replay import MessageBuffer
 from gateway.sessionlog import SessionRecord, log_session
+from gateway.upstream import UpstreamConnection
+
+if TYPE_CHECKING:
+    from gateway.reconnect import UpstreamRecovery
 
 __all__ = ["Leg", "Session", "SessionState", "WriteFlow"]
 
@@ -44,6 +51,7 @@ class SessionState(enum.Enum):
     """Lifecycle of a session after both handshakes."""
 
     OPEN = "open"
+    RECONNECTING = "reconnecting"
     CLOSING = "closing"
     CLOSED = "closed"
 
@@ -89,6 +97,7 @@ class Leg:
         "close",
         "config",
         "flow",
+        "holding",
         "masked",
         "name",
         "other",
@@ -127,11 +136,18 @@ class Leg:
         self._ping_counter = 0
         self._close_deadline: asyncio.TimerHandle | None = None
         self.reading_paused = False
+        self.holding = False
+        """Client leg during an upstream outage: data goes to the replay buffer, not upstream."""
         transport.set_write_buffer_limits(high=config.max_buffered, low=config.max_buffered // 4)
 
     # --- scanner sink: called for bytes read from this leg's peer -------------------
     def forward(self, data: bytes, at_boundary: bool) -> None:
         """Write data-frame bytes from this leg's peer to the other leg's peer."""
+        if self.holding:
+            recovery = self.session.recovery
+            assert recovery is not None
+            recovery.hold(data)
+            return
         other = self.other
         transport = other.transport
         transport.write(data)
@@ -301,6 +317,8 @@ class Session:
         "initiator",
         "metrics",
         "path",
+        "recovery",
+        "retired_traffic",
         "session_id",
         "started",
         "state",
@@ -333,6 +351,10 @@ class Session:
         self.upstream: Leg
         self._hold_tasks: set[asyncio.Task[None]] | None = None
         """Backpressure waits under way; created on first use (most sessions never need one)."""
+        self.recovery: UpstreamRecovery | None = None
+        """Set when reconnection is enabled: replaces the upstream leg instead of closing the client."""
+        self.retired_traffic = (0, 0, 0)
+        """Upstream-to-client counts of upstream legs replaced by reconnection."""
 
     def attach(
         self,
@@ -343,8 +365,6 @@ class Session:
     ) -> None:
         """Bind both transports, start keepalive and count the session as open."""
         client = Leg(CLIENT, self, client_transport, client_flow, self.client_config, masked=False)
-        upstream = Leg(UPSTREAM, self, upstream_transport, upstream_flow, self.upstream_config, masked=True)
-        client.other, upstream.other = upstream, client
         # Client frames go to the upstream: the upstream's limits apply to them.
         client.scanner = FrameScanner(
             client,
@@ -352,28 +372,82 @@ class Session:
             max_message_size=self.upstream_config.max_message_size,
             max_frame_size=self.upstream_config.max_frame_size,
         )
+        self.client = client
+        upstream = self._new_upstream_leg(upstream_transport, upstream_flow)
+        self.metrics.session_opened(self)
+        client.schedule_ping()
+        upstream.schedule_ping()
+
+    def _new_upstream_leg(self, transport: asyncio.Transport, flow: WriteFlow) -> Leg:
+        """Create the upstream leg (at start and after a reconnect) and pair it with the client leg."""
+        upstream = Leg(UPSTREAM, self, transport, flow, self.upstream_config, masked=True)
         upstream.scanner = FrameScanner(
             upstream,
             expect_masked=False,
             max_message_size=self.client_config.max_message_size,
             max_frame_size=self.client_config.max_frame_size,
         )
-        self.client, self.upstream = client, upstream
-        self.metrics.session_opened(self)
-        client.schedule_ping()
-        upstream.schedule_ping()
+        upstream.other = self.client
+        self.client.other = upstream
+        self.upstream = upstream
+        return upstream
 
     def traffic(self) -> tuple[int, int, int, int, int, int]:
         """Per-direction integers for the scrape-time collector."""
         up, down = self.client.scanner, self.upstream.scanner
+        retired = self.retired_traffic
         return (
             up.messages,
             up.payload_bytes,
             up.fragmented_messages,
-            down.messages,
-            down.payload_bytes,
-            down.fragmented_messages,
+            down.messages + retired[0],
+            down.payload_bytes + retired[1],
+            down.fragmented_messages + retired[2],
         )
+
+    def replay_state(self) -> tuple[int, int, bool]:
+        """Replay buffer use for the collector."""
+        return self.recovery.state() if self.recovery is not None else (0, 0, False)
+
+    # --- upstream replacement (gateway.reconnect drives these) ------------------------
+    def enter_outage(self, buffer: MessageBuffer) -> None:
+        """The upstream leg is gone and being replaced: the client's data goes to ``buffer``."""
+        self._set_state(SessionState.RECONNECTING)
+        self.upstream.stop_keepalive()
+        self.upstream.pending.clear()
+        self.client.holding = True
+        self.client.resume_reading()  # it may have been paused for the old upstream's buffer
+
+    def resume(self, connection: UpstreamConnection, replay: bytes) -> None:
+        """A new upstream is connected: replay first, then relay live again."""
+        old = self.upstream.scanner
+        retired = self.retired_traffic
+        self.retired_traffic = (
+            retired[0] + old.messages,
+            retired[1] + old.payload_bytes,
+            retired[2] + old.fragmented_messages,
+        )
+        protocol = connection.protocol
+        upstream = self._new_upstream_leg(connection.transport, WriteFlow(protocol.is_paused, protocol.wait_resumed))
+        if replay:
+            connection.transport.write(replay)
+        self.client.holding = False
+        self._set_state(SessionState.OPEN)
+        protocol.attach(upstream.scanner.feed, upstream.transport_lost, connection.first_bytes)
+        upstream.schedule_ping()
+
+    def close_client_after_loss(self, code: int, reason: str, cause: Cause) -> None:
+        """Reconnection failed or is not possible: close the client with ``code``."""
+        if self.state not in (SessionState.OPEN, SessionState.RECONNECTING):
+            return
+        self.initiator = Initiator.GATEWAY if cause is not Cause.ABNORMAL else Initiator.UPSTREAM
+        self.cause = cause
+        if self.recovery is not None:
+            self.recovery.cancel()
+        self.client.holding = False
+        self._set_state(SessionState.CLOSING)
+        self.client.send_close(code, reason)
+        self.upstream.abort()
 
     def _set_state(self, state: SessionState) -> None:
         logger.debug("session %s: %s -> %s", self.session_id, self.state.value, state.value)
@@ -381,7 +455,11 @@ class Session:
 
     def _begin_close(self, initiator: Initiator, cause: Cause) -> bool:
         """Record who started the close and why; False if a close was already under way."""
-        if self.state is not SessionState.OPEN:
+        if self.state is SessionState.RECONNECTING:
+            assert self.recovery is not None
+            self.recovery.cancel()
+            self.client.holding = False
+        elif self.state is not SessionState.OPEN:
             return False
         self.initiator = initiator
         self.cause = cause
@@ -391,18 +469,32 @@ class Session:
     # --- events from the legs ---------------------------------------------------------------
     def leg_close_received(self, leg: Leg, code: int, reason: str) -> None:
         """A peer's close frame: echo it on that leg and carry it to the other."""
+        if leg is not self.client and leg is not self.upstream:
+            return  # an upstream leg already replaced by reconnection
         state = leg.close
         state.received_code = code
         state.received_reason = reason
         if state.first_code is None:
             state.first_code = code
         initiator = Initiator.CLIENT if leg.name == CLIENT else Initiator.UPSTREAM
+        if leg is self.upstream and self.state is not SessionState.CLOSING and self._recoverable(code):
+            leg.send_close(wire_code(code), reason)
+            if self.state is SessionState.OPEN:
+                assert self.recovery is not None
+                self.recovery.begin(code)
+            return
         if self._begin_close(initiator, cause_for_code(code)):
             leg.other.send_close(wire_code(code), reason)
         # Echo the code (RFC 6455 5.5.1); aiohttp would answer 1000 instead.
         leg.send_close(code if code == CloseCode.NO_STATUS else wire_code(code), reason)
         if leg.name == CLIENT:
             leg.finish_transport()
+
+    def _recoverable(self, code: int | None) -> bool:
+        """Whether an upstream loss with ``code`` is handled by reconnecting (or already is)."""
+        if self.state is SessionState.RECONNECTING:
+            return True
+        return self.recovery is not None and self.state is SessionState.OPEN and self.recovery.should_retry(code)
 
     def leg_violation(self, leg: Leg, code: int, reason: str) -> None:
         """The peer on ``leg`` sent a malformed frame or an oversized message."""
@@ -426,6 +518,12 @@ class Session:
 
     def leg_ping_timeout(self, leg: Leg) -> None:
         """A gateway ping on ``leg`` went unanswered: that peer is presumed dead."""
+        if leg is self.upstream and self.state is SessionState.OPEN and self._recoverable(None):
+            leg.send_close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+            leg.abort()  # a frozen or vanished upstream will not answer the close either
+            assert self.recovery is not None
+            self.recovery.begin(None)
+            return
         if not self._begin_close(Initiator.GATEWAY, Cause.PING_TIMEOUT):
             return
         leg.send_close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
@@ -436,6 +534,15 @@ class Session:
 
     def leg_lost(self, leg: Leg) -> None:
         """A transport closed. Mid-session, that is an abnormal close (1006) the other leg hears of."""
+        if leg is not self.client and leg is not self.upstream:
+            return  # an upstream leg already replaced by reconnection
+        if leg is self.upstream and self.state is not SessionState.CLOSING and self._recoverable(None):
+            if self.state is SessionState.OPEN:
+                assert self.recovery is not None
+                self.recovery.begin(None)
+            if self.client.close.lost:
+                self._finish()
+            return
         if self._begin_close(Initiator.CLIENT if leg.name == CLIENT else Initiator.UPSTREAM, Cause.ABNORMAL):
             if leg.name == CLIENT:
                 leg.other.send_close(CloseCode.GOING_AWAY, "client connection lost")
@@ -477,6 +584,8 @@ class Session:
             )
             return
         except ConnectionError:
+            if self.state is SessionState.RECONNECTING:
+                source.resume_reading()  # the lost upstream will not drain; the buffer takes over
             return
         source.resume_reading()
 
@@ -508,8 +617,10 @@ class Session:
                 duration=time.monotonic() - self.started,
                 messages_in=up.messages,
                 bytes_in=up.payload_bytes,
-                messages_out=down.messages,
-                bytes_out=down.payload_bytes,
+                messages_out=down.messages + self.retired_traffic[0],
+                bytes_out=down.payload_bytes + self.retired_traffic[1],
+                reconnects=self.recovery.reconnects if self.recovery else 0,
+                outage_seconds=self.recovery.outage_total if self.recovery else 0.0,
             )
         )
         if not self.done.done():

@@ -40,12 +40,17 @@ class SessionRecord:
     messages_out: int
     """Messages from the upstream to the client."""
     bytes_out: int
+    reconnects: int = 0
+    """Upstream losses this session survived."""
+    outage_seconds: float = 0.0
+    """Time spent waiting for the upstream to come back."""
 
 
 def log_session(record: SessionRecord) -> None:
     """Write the session's closing line (``event: session_closed``)."""
     fields = dataclasses.asdict(record)
     fields["duration"] = round(record.duration, 3)
+    fields["outage_seconds"] = round(record.outage_seconds, 3)
     session_logger.info("session closed", extra={"fields": {"event": "session_closed", **fields}})
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import sys
@@ -83,8 +84,9 @@ async def scenario(gateway_url: str, seconds: float) -> None:
                             await ws.receive()
                     elif choice < 0.6:
                         async with http.ws_connect(gateway_url + "/ws/crash") as ws:
-                            await ws.send_str("boom")
-                            await ws.receive()
+                            await ws.send_str("boom")  # the gateway reconnects; ask twice, then leave
+                            with contextlib.suppress(TimeoutError):
+                                await ws.receive(timeout=1.5)
                     elif choice < 0.75:
                         await http.ws_connect(gateway_url + "/ws/forbidden")
                     elif choice < 0.9:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import aiohttp
 
 from gateway.frames import Opcode, build_close_payload
-from tests.support import GatewayProcess, RawClient, client_frame, scaled
+from tests.support import GatewayProcess, RawClient, Upstream, client_frame, scaled
 
 
 async def test_upstream_close_code_and_reason_reach_client(gateway: GatewayProcess) -> None:
@@ -32,8 +34,11 @@ async def test_client_close_code_reaches_upstream_and_is_echoed(gateway: Gateway
     assert (line["upstream_code"], line["initiator"]) == (4001, "client")
 
 
-async def test_upstream_crash_gives_client_1011(gateway: GatewayProcess) -> None:
-    """A handler that raises after accept (no close frame, 1006 upstream) gives the client a real 1011."""
+async def test_upstream_crash_gives_client_1011(
+    make_gateway: Callable[..., GatewayProcess], upstream: Upstream
+) -> None:
+    """Reconnection off: a handler that raises after accept (no close frame, 1006) gives the client a real 1011."""
+    gateway = make_gateway(upstream.url, {"reconnect": {"enabled": False}})
     async with aiohttp.ClientSession() as http, http.ws_connect(gateway.url + "/ws/crash") as ws:
         await ws.send_str("boom")
         msg = await ws.receive(timeout=scaled(10))

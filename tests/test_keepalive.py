@@ -74,8 +74,8 @@ async def test_gateway_answers_client_ping_while_app_is_frozen(
 async def test_frozen_upstream_detected_by_pings(
     make_gateway: Callable[..., GatewayProcess], upstream: Upstream
 ) -> None:
-    """An app that blocks its loop misses the gateway's pings: the client gets 1011 and it is counted."""
-    gw = make_gateway(upstream.url, {"upstream": FAST_PINGS})
+    """Reconnection off: an app that blocks its loop misses the gateway's pings; the client gets 1011, counted."""
+    gw = make_gateway(upstream.url, {"upstream": FAST_PINGS, "reconnect": {"enabled": False}})
     async with aiohttp.ClientSession() as http, http.ws_connect(gw.url + "/ws/stall?seconds=4") as ws:
         await ws.send_str("freeze now")
         msg = await ws.receive(timeout=scaled(10))

@@ -125,6 +125,7 @@ async def test_scenario_seen_by_prometheus_dashboard_and_alerts(
             "client": {"ping_interval": "300ms", "ping_jitter": "100ms", "ping_timeout": "2s",
                        "max_buffered": "256KiB", "slow_consumer_timeout": "1s", "close_timeout": "500ms"},
             "upstream": {"max_message_size": "64KiB"},
+            "reconnect": {"enabled": False},  # the killed upstream must show as a 1006 drop here
         })
         prometheus = prometheus_for(gw.admin_port)
         # A few scrapes before the events, so rates see the pre-exported series rise from 0.
