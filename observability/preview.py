@@ -67,8 +67,10 @@ async def scenario(gateway_url: str, seconds: float) -> None:
             while time.monotonic() < deadline:
                 async with http.ws_connect(gateway_url + "/ws/echo") as ws:
                     for _ in range(rng.randint(20, 200)):
+                        if time.monotonic() >= deadline:
+                            break
                         await ws.send_str("x" * rng.randint(10, 200))
-                        await ws.receive()
+                        await asyncio.wait_for(ws.receive(), 5)
                         await asyncio.sleep(0.01)
 
         async def incidents() -> None:
@@ -77,16 +79,17 @@ async def scenario(gateway_url: str, seconds: float) -> None:
                 try:
                     if choice < 0.3:
                         async with http.ws_connect(gateway_url + "/ws/close/4003?reason=demo") as ws:
-                            await ws.receive()
+                            await asyncio.wait_for(ws.receive(), 5)
                     elif choice < 0.45:
                         async with http.ws_connect(gateway_url + "/ws/echo") as ws:
                             await ws.send_bytes(b"o" * 70_000)
-                            await ws.receive()
+                            await asyncio.wait_for(ws.receive(), 5)
                     elif choice < 0.6:
                         async with http.ws_connect(gateway_url + "/ws/crash") as ws:
                             await ws.send_str("boom")  # the gateway reconnects; ask twice, then leave
+                            # not receive(timeout=): aiohttp restarts that timer on every gateway ping
                             with contextlib.suppress(TimeoutError):
-                                await ws.receive(timeout=1.5)
+                                await asyncio.wait_for(ws.receive(), 1.5)
                     elif choice < 0.75:
                         await http.ws_connect(gateway_url + "/ws/forbidden")
                     elif choice < 0.9:
@@ -98,11 +101,24 @@ async def scenario(gateway_url: str, seconds: float) -> None:
                         ws = await http.ws_connect(gateway_url + "/ws/flood?count=400&size=65536")
                         await asyncio.sleep(2.5)  # never reads: a slow consumer
                         await ws.close()
-                except aiohttp.WSServerHandshakeError:
-                    pass
+                except (aiohttp.ClientError, TimeoutError):
+                    pass  # refused handshakes and closed sockets are part of the show
                 await asyncio.sleep(rng.uniform(0.2, 0.8))
 
         await asyncio.gather(*(chatty() for _ in range(4)), incidents(), incidents())
+
+
+async def bounded(work: Any, limit: float) -> None:
+    """Run ``work`` for at most ``limit`` seconds; on overrun, say which tasks were stuck where."""
+    task = asyncio.ensure_future(work)
+    done, _ = await asyncio.wait({task}, timeout=limit)
+    if not done:
+        for stuck in asyncio.all_tasks():
+            if stuck is not asyncio.current_task():
+                stuck.print_stack(file=sys.stderr)
+        task.cancel()
+        raise TimeoutError(f"the demo scenario ran past {limit:g}s")
+    task.result()
 
 
 async def query_range(prometheus: str, expr: str, begin: float, end: float) -> list[dict[str, Any]]:
@@ -190,9 +206,12 @@ def main(argv: list[str] | None = None) -> int:
             servers.append(start("prometheus", [system_binary("prometheus"), f"--config.file={config}",
                                                 f"--storage.tsdb.path={Path(work) / 'tsdb'}",
                                                 f"--web.listen-address=127.0.0.1:{prom_port}"], prom_port))
+            print("preview: processes up; baseline scrapes", file=sys.stderr, flush=True)
             time.sleep(3)  # a few baseline scrapes before the scenario starts
             begin = time.time()
-            asyncio.run(scenario(f"http://127.0.0.1:{gateway_port}", args.seconds))
+            # Bounded whatever happens: the scenario may not outlive its length by more than 30 s.
+            asyncio.run(bounded(scenario(f"http://127.0.0.1:{gateway_port}", args.seconds), args.seconds + 30))
+            print("preview: scenario done", file=sys.stderr, flush=True)
             time.sleep(3)  # let the last events be scraped
             series = asyncio.run(collect(f"http://127.0.0.1:{prom_port}", begin - 2, time.time()))
         finally:
