@@ -97,8 +97,9 @@ ROWS = [
               [(f"sum by (result) (rate(ws_gateway_upstream_reconnects_total{sel()}[{RATE}]))", "{{result}}")],
               "Attempts to replace a lost upstream leg while the client stays connected.", stacked=True, width=8),
         Panel("Upstream outage p50 / p99", "s",
-              [(f"histogram_quantile({q}, sum by (le) (rate(ws_gateway_upstream_outage_seconds_bucket{sel()}[{RATE}])))",
-                label) for q, label in (("0.5", "p50"), ("0.99", "p99"))],
+              [(f"histogram_quantile({q}, sum by (le) "
+                f"(rate(ws_gateway_upstream_outage_seconds_bucket{sel()}[{RATE}])))", label)
+               for q, label in (("0.5", "p50"), ("0.99", "p99"))],
               "How long resumed sessions waited for their upstream.", width=8),
         Panel("Held for replay", "short",
               [(f"sum(ws_gateway_replay_buffered_messages{sel()})", "messages held"),
