@@ -11,7 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.support import GatewayProcess, Upstream, async_wait_until, port_open, scaled
+from tests.support import GatewayProcess, Upstream, async_wait_until, free_port, port_open, scaled
 
 
 class SequencedClient:
@@ -255,10 +255,82 @@ async def gw_reconnecting(gw: GatewayProcess) -> None:
     await async_wait_until_metric(gw, "ws_gateway_sessions_reconnecting", 1)
 
 
-async def async_wait_until_metric(gw: GatewayProcess, name: str, value: float) -> None:
-    deadline = time.monotonic() + scaled(10)
+async def async_wait_until_metric(gw: GatewayProcess, name: str, value: float, timeout: float = 10) -> None:
+    deadline = time.monotonic() + scaled(timeout)
     while time.monotonic() < deadline:
         if await gw.metric(name) == value:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"{name} never reached {value}")
+
+
+async def test_frozen_upstream_is_reconnected_after_ping_timeout(
+    make_gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    """An app that blocks its loop misses pings; the gateway reconnects once it is back; the client stays."""
+    app = Upstream(tmp_path)
+    try:
+        fast = {"ping_interval": "300ms", "ping_timeout": "600ms", "ping_jitter": "100ms"}
+        gw = make_gateway(app.url, {"upstream": fast, "reconnect": {"give_up_after": "15s"}})
+        async with aiohttp.ClientSession() as http, http.ws_connect(gw.url + "/ws/stall?seconds=3") as ws:
+            closing = asyncio.ensure_future(ws.receive())
+            await ws.send_str("freeze now")
+            await async_wait_until_metric(gw, "ws_gateway_sessions_resumed_total", 1, timeout=15)
+            assert not closing.done(), "the client was not disconnected"
+            closing.cancel()
+        assert await gw.metric("ws_gateway_ping_timeouts_total", leg="upstream") >= 1
+    finally:
+        app.stop()
+
+
+async def test_no_reconnect_while_draining(make_gateway: Callable[..., GatewayProcess], tmp_path: Path) -> None:
+    """After SIGTERM the gateway does not reconnect: an upstream loss then closes the client at once (1011)."""
+    app = Upstream(tmp_path)
+    try:
+        gw = make_gateway(app.url, {"drain": {"listener_delay": "3s", "spread": "1s", "timeout": "8s"}})
+        async with aiohttp.ClientSession() as http, http.ws_connect(gw.url + "/ws/echo") as ws:
+            gw.signal(signal.SIGTERM)
+            async with http.get(gw.admin + "/readyz") as response:
+                assert response.status == 503
+            app.signal(signal.SIGKILL)
+            msg = await asyncio.wait_for(ws.receive(), scaled(2))
+        assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1011)
+    finally:
+        app.stop()
+
+
+async def test_different_subprotocol_after_reconnect_closes_client(
+    make_gateway: Callable[..., GatewayProcess],
+) -> None:
+    """If the reconnected upstream picks another subprotocol, the client is closed with 1011 saying so."""
+    from gateway.handshake import accept_key
+
+    answers = iter(["chat.v1", "chat.v2"])
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        key = next(line.split(":", 1)[1].strip() for line in head.split("\r\n")
+                   if line.lower().startswith("sec-websocket-key:"))
+        protocol = next(answers, "chat.v2")
+        writer.write((f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      f"Sec-WebSocket-Accept: {accept_key(key)}\r\nSec-WebSocket-Protocol: {protocol}\r\n\r\n")
+                     .encode())
+        if protocol == "chat.v1":
+            writer.transport.abort()  # the first upstream "crashes" at once
+            return
+        await reader.read()
+
+    port = free_port()
+    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    try:
+        gw = make_gateway(f"ws://127.0.0.1:{port}")
+        async with aiohttp.ClientSession() as http, http.ws_connect(
+            gw.url + "/ws/echo", protocols=("chat.v1", "chat.v2")
+        ) as ws:
+            assert ws.protocol == "chat.v1"
+            msg = await asyncio.wait_for(ws.receive(), scaled(10))
+        assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1011)
+        assert "subprotocol" in msg.extra
+        assert await gw.metric("ws_gateway_upstream_reconnects_total", result="subprotocol") == 1
+    finally:
+        server.close()
