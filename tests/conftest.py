@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import GatewayProcess, Upstream
+from tests.support import GatewayProcess, Upstream, process_factory
 
 
 @pytest.fixture(scope="session")
@@ -24,18 +24,12 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
 @pytest.fixture
 def make_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
     """Start gateways for one test; every one is stopped by PID at teardown."""
-    started: list[GatewayProcess] = []
 
     def start(upstream_url: str, config: dict[str, Any] | None = None, **kwargs: Any) -> GatewayProcess:
-        process = GatewayProcess(tmp_path, upstream_url, config, **kwargs)
-        started.append(process)
-        return process
+        return GatewayProcess(tmp_path, upstream_url, config, **kwargs)
 
-    try:
-        yield start
-    finally:
-        for process in started:
-            process.stop()
+    with process_factory(start) as factory:
+        yield factory
 
 
 @pytest.fixture

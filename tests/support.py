@@ -8,6 +8,7 @@ let something happen.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -17,9 +18,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import yaml
@@ -71,6 +72,26 @@ def port_open(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+P = TypeVar("P", bound="ManagedProcess")
+
+
+@contextlib.contextmanager
+def process_factory(make: Callable[..., P]) -> Iterator[Callable[..., P]]:
+    """A factory for fixtures: every process it starts is stopped by PID when the block ends."""
+    started: list[P] = []
+
+    def start(*args: Any, **kwargs: Any) -> P:
+        process = make(*args, **kwargs)
+        started.append(process)
+        return process
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            process.stop()
 
 
 class ManagedProcess:

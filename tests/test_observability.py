@@ -21,6 +21,7 @@ from tests.support import (
     RawClient,
     Upstream,
     free_port,
+    process_factory,
     scaled,
     wait_until,
 )
@@ -98,18 +99,8 @@ class PrometheusProcess(ManagedProcess):
 
 @pytest.fixture
 def prometheus_for(tmp_path: Path) -> Iterator[Callable[[int], PrometheusProcess]]:
-    started: list[PrometheusProcess] = []
-
-    def start(admin_port: int) -> PrometheusProcess:
-        process = PrometheusProcess(tmp_path, admin_port)
-        started.append(process)
-        return process
-
-    try:
-        yield start
-    finally:
-        for process in started:
-            process.stop()
+    with process_factory(lambda admin_port: PrometheusProcess(tmp_path, admin_port)) as factory:
+        yield factory
 
 
 async def test_scenario_seen_by_prometheus_dashboard_and_alerts(
