@@ -60,7 +60,7 @@ class Settings:
 
 
 FULL = Settings(seconds=4, connections=32, in_flight=8, latency_rate=2000, latency_messages=2000,
-                idle_connections=1000, handshakes=400, big_messages=48, latency_rounds=5)
+                idle_connections=1000, handshakes=400, big_messages=48, latency_rounds=8)
 QUICK = Settings(seconds=0.5, connections=4, in_flight=4, latency_rate=500, latency_messages=100,
                  idle_connections=50, handshakes=20, big_messages=4, latency_rounds=1)
 

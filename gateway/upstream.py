@@ -63,6 +63,11 @@ class UpstreamRefused(UpstreamError):
         self.response = response
 
 
+def _mark_retrieved(future: asyncio.Future[tuple[bytes, bytes]]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class UpstreamProtocol(asyncio.Protocol):
     """Raw protocol for the upstream TCP connection (handshake, then frames)."""
 
@@ -70,6 +75,9 @@ class UpstreamProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.head: asyncio.Future[tuple[bytes, bytes]] | None = asyncio.get_running_loop().create_future()
         """Resolves with (response head, bytes after it); None once a session is attached."""
+        # A connection lost after a handshake timeout fails a future nobody awaits any more:
+        # mark its exception as seen so asyncio does not log it as never retrieved.
+        self.head.add_done_callback(_mark_retrieved)
         self._buffer = bytearray()
         self._feed: Callable[[bytes], None] | None = None
         self._on_lost: Callable[[], None] | None = None
