@@ -91,25 +91,14 @@ class ClientConfig(LegConfig):
 class UpstreamConfig(LegConfig):
     """The upstream leg: the FastAPI/uvicorn app on localhost."""
 
-    url: str
-    """``ws://host:port``; the client's path and query are appended."""
+    url: tuple[str, ...]
+    """``ws://host:port`` (or several); the client's path and query are appended."""
     connect_timeout: float
-    """Seconds to open the TCP connection and finish the upstream handshake."""
-
-    @property
-    def host(self) -> str:
-        """Upstream host name or address."""
-        return urlsplit(self.url).hostname or "127.0.0.1"
-
-    @property
-    def port(self) -> int:
-        """Upstream TCP port."""
-        return urlsplit(self.url).port or 80
-
-    @property
-    def base_path(self) -> str:
-        """Path prefix from the URL, without a trailing slash."""
-        return urlsplit(self.url).path.rstrip("/")
+    """Seconds to open the TCP connection and finish the upstream handshake (all targets tried)."""
+    selection: str
+    """With several URLs: ``round_robin`` or ``least_sessions``."""
+    cooldown: float
+    """Seconds a target that failed to connect is tried only after the others."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +240,13 @@ def _host_port(value: object) -> str:
     return str(value)
 
 
+def _ws_urls(value: object) -> tuple[str, ...]:
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ValueError("expected at least one ws:// URL")
+    return tuple(_ws_url(item) for item in items)
+
+
 def _ws_url(value: object) -> str:
     text = str(value)
     parts = urlsplit(text)
@@ -318,8 +314,10 @@ SCHEMA: Final[dict[str, Any]] = {
         "refusal": ("status", _choice(REFUSAL_MODES)),
     },
     "upstream": {
-        "url": ("ws://127.0.0.1:8000", _ws_url),
+        "url": ("ws://127.0.0.1:8000", _ws_urls),
         "connect_timeout": ("5s", _positive_duration),
+        "selection": ("round_robin", _choice(("round_robin", "least_sessions"))),
+        "cooldown": ("5s", parse_duration),
         **_leg_schema("20s", "16MiB"),
     },
     "proxy": {
@@ -489,7 +487,7 @@ def _human(value: Any, key: str) -> Any:
     if isinstance(value, int) and not isinstance(value, bool) and key.endswith(("_size", "_buffered", "_bytes")):
         return format_size(value)
     if isinstance(value, tuple):
-        return list(value)
+        return value[0] if key == "url" and len(value) == 1 else list(value)
     if isinstance(value, frozenset):
         return sorted(value)
     return value

@@ -36,7 +36,8 @@ from gateway.handshake import accept_key
 from gateway.metrics import GatewayMetrics
 from gateway.reconnect import Reopen, UpstreamRecovery
 from gateway.session import Session, WriteFlow
-from gateway.upstream import UpstreamConnection, UpstreamRefused, UpstreamUnavailable, connect_upstream
+from gateway.targets import TargetPool
+from gateway.upstream import UpstreamConnection, UpstreamRefused, UpstreamUnavailable, connect_any
 
 __all__ = ["Gateway", "run_gateway"]
 
@@ -85,6 +86,8 @@ class Gateway:
         self.handshakes = 0
         self.draining = False
         self._networks = config.proxy.networks
+        upstream = config.upstream
+        self.pool = TargetPool(upstream.url, upstream.selection, upstream.cooldown)
         self._upstream_ok_at = 0.0
         self._runners: list[web.AppRunner] = []
         self._traffic_site: web.TCPSite | None = None
@@ -139,6 +142,8 @@ class Gateway:
             await session.done
         finally:
             self.sessions.discard(session)
+            if session.target is not None:
+                self.pool.closed(session.target)
         return response
 
     async def _open_session(self, request: web.Request) -> tuple[web.StreamResponse, Session | None]:
@@ -158,26 +163,29 @@ class Gateway:
         self.handshakes += 1
         try:
             async with asyncio.timeout(client_config.handshake_timeout):
-                upstream = await connect_upstream(self.config.upstream, request.raw_path, upstream_headers, offered)
+                upstream, target = await connect_any(
+                    self.pool,
+                    self.config.upstream.connect_timeout,
+                    request.raw_path,
+                    upstream_headers,
+                    offered,
+                    self.metrics.upstream_connect,
+                )
         except TimeoutError:
-            self.metrics.upstream_connect("timeout")
             self.metrics.handshake_failed(504)
             return _refuse(504, "the upstream did not complete the handshake in time"), None
         except UpstreamUnavailable as exc:
-            self.metrics.upstream_connect(exc.result)
             status = 504 if exc.result == "timeout" else 502
             self.metrics.handshake_failed(status)
             logger.warning("upstream unavailable for %s: %s", request.path, exc)
             return _refuse(status, f"upstream unavailable: {exc}"), None
         except UpstreamRefused as exc:
-            self.metrics.upstream_connect("rejected")
             self.metrics.handshake_failed(exc.status)
             if client_config.refusal == "close":
                 return await self._accept_and_close(request, exc.status), None
             return _refuse(exc.status, f"upstream refused the WebSocket upgrade with HTTP {exc.status}"), None
         finally:
             self.handshakes -= 1
-        self.metrics.upstream_connect("ok")
         if request.transport is None or request.transport.is_closing():
             upstream.transport.abort()
             return web.Response(status=499), None
@@ -195,10 +203,12 @@ class Gateway:
             session.recovery = UpstreamRecovery(
                 session,
                 self.config.reconnect,
-                self._reopener(request.raw_path, upstream_headers, offered),
+                self._reopener(session, request.raw_path, upstream_headers, offered),
                 upstream.subprotocol,
             )
             session.recovery.allowed = not self.draining
+        session.target = target
+        self.pool.opened(target)
         client_protocol = request.protocol
         session.attach(
             request.transport,
@@ -210,21 +220,29 @@ class Gateway:
         client_protocol.set_parser(_ClientFeeder(session))  # type: ignore[arg-type]
         return response, session
 
-    def _reopener(self, target: str, headers: list[tuple[str, str]], offered: list[str]) -> Reopen:
-        """The reconnect handshake: the same path, query, headers and subprotocol offer, plus the attempt."""
+    def _reopener(
+        self, session: Session, path: str, headers: list[tuple[str, str]], offered: list[str]
+    ) -> Reopen:
+        """The reconnect handshake: same path, query, headers and subprotocol offer, plus the attempt.
+
+        It may land on another target (the lost one is cooling down); the session moves with it.
+        """
         frozen = tuple(headers)
 
         async def reopen(attempt: int) -> UpstreamConnection:
-            extra = [*frozen, (RECONNECT_HEADER, str(attempt))]
-            try:
-                connection = await connect_upstream(self.config.upstream, target, extra, offered)
-            except UpstreamUnavailable as exc:
-                self.metrics.upstream_connect(exc.result)
-                raise
-            except UpstreamRefused:
-                self.metrics.upstream_connect("rejected")
-                raise
-            self.metrics.upstream_connect("ok")
+            connection, target = await connect_any(
+                self.pool,
+                self.config.upstream.connect_timeout,
+                path,
+                [*frozen, (RECONNECT_HEADER, str(attempt))],
+                offered,
+                self.metrics.upstream_connect,
+                wait=False,
+            )
+            if session.target is not None:
+                self.pool.closed(session.target)
+            self.pool.opened(target)
+            session.target = target
             return connection
 
         return reopen
@@ -257,18 +275,20 @@ class Gateway:
 
     # --- admin port -------------------------------------------------------------------
     async def _upstream_reachable(self) -> bool:
+        """True when any target accepts TCP (cached for a second)."""
         now = time.monotonic()
         if now - self._upstream_ok_at < _READY_CACHE_SECONDS:
             return True
-        upstream = self.config.upstream
-        try:
-            async with asyncio.timeout(_READY_PROBE_TIMEOUT):
-                _, writer = await asyncio.open_connection(upstream.host, upstream.port)
-        except (OSError, TimeoutError):
-            return False
-        writer.close()
-        self._upstream_ok_at = now
-        return True
+        for target in self.pool.targets:
+            try:
+                async with asyncio.timeout(_READY_PROBE_TIMEOUT):
+                    _, writer = await asyncio.open_connection(target.host, target.port)
+            except (OSError, TimeoutError):
+                continue
+            writer.close()
+            self._upstream_ok_at = now
+            return True
+        return False
 
     async def healthz(self, request: web.Request) -> web.Response:
         """Liveness: the process runs its event loop."""
@@ -319,7 +339,7 @@ class Gateway:
                 "fields": {
                     "listen": self.config.listen,
                     "admin_listen": self.config.admin_listen,
-                    "upstream": self.config.upstream.url,
+                    "upstream": list(self.config.upstream.url),
                 }
             },
         )

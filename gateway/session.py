@@ -33,6 +33,7 @@ from gateway.frames import FrameScanner, Opcode, build_close_payload, build_fram
 from gateway.metrics import GatewayMetrics
 from gateway.replay import MessageBuffer
 from gateway.sessionlog import SessionRecord, log_session
+from gateway.targets import Target
 from gateway.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
@@ -322,6 +323,7 @@ class Session:
         "session_id",
         "started",
         "state",
+        "target",
         "upstream",
         "upstream_config",
     )
@@ -353,6 +355,8 @@ class Session:
         """Backpressure waits under way; created on first use (most sessions never need one)."""
         self.recovery: UpstreamRecovery | None = None
         """Set when reconnection is enabled: replaces the upstream leg instead of closing the client."""
+        self.target: Target | None = None
+        """The upstream target this session is on (moves on reconnect)."""
         self.retired_traffic = (0, 0, 0)
         """Upstream-to-client counts of upstream legs replaced by reconnection."""
 

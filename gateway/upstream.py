@@ -15,11 +15,11 @@ Exceptions::
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, cast
 
-from gateway.config import UpstreamConfig
 from gateway.handshake import (
     MAX_RESPONSE_HEAD,
     HandshakeError,
@@ -29,6 +29,7 @@ from gateway.handshake import (
     new_key,
     parse_upgrade_response,
 )
+from gateway.targets import Target, TargetPool
 
 __all__ = [
     "UpstreamConnection",
@@ -36,6 +37,7 @@ __all__ = [
     "UpstreamProtocol",
     "UpstreamRefused",
     "UpstreamUnavailable",
+    "connect_any",
     "connect_upstream",
 ]
 
@@ -170,18 +172,20 @@ class UpstreamConnection:
 
 
 async def connect_upstream(
-    config: UpstreamConfig,
-    target: str,
+    target: Target,
+    path: str,
     headers: list[tuple[str, str]],
     offered_protocols: list[str],
+    timeout: float,
 ) -> UpstreamConnection:
-    """Open and upgrade the upstream connection within ``config.connect_timeout``.
+    """Open and upgrade a connection to one target within ``timeout`` seconds.
 
     Args:
-        config: the upstream leg's settings.
-        target: path and query of the client's request.
+        target: the upstream process.
+        path: path and query of the client's request.
         headers: forwarded request headers.
         offered_protocols: the client's subprotocol offer, passed on as it is.
+        timeout: seconds for TCP connect plus handshake.
 
     Raises:
         UpstreamUnavailable: refused, timed out, or an invalid answer.
@@ -190,28 +194,25 @@ async def connect_upstream(
     loop = asyncio.get_running_loop()
     transport: asyncio.Transport | None = None
     try:
-        async with asyncio.timeout(config.connect_timeout):
+        async with asyncio.timeout(timeout):
             try:
-                transport, protocol = await loop.create_connection(UpstreamProtocol, config.host, config.port)
+                transport, protocol = await loop.create_connection(UpstreamProtocol, target.host, target.port)
             except ConnectionRefusedError:
-                where = f"{config.host}:{config.port}"
-                raise UpstreamUnavailable("refused", f"upstream {where} refused the connection") from None
+                raise UpstreamUnavailable("refused", f"upstream {target.address} refused the connection") from None
             except OSError as exc:
                 raise UpstreamUnavailable("error", f"cannot connect to upstream: {exc.strerror or exc}") from None
             key = new_key()
             extra = list(headers)
             if offered_protocols:
                 extra.append(("Sec-WebSocket-Protocol", ", ".join(offered_protocols)))
-            transport.write(
-                build_upgrade_request(f"{config.host}:{config.port}", config.base_path + target, key, extra)
-            )
+            transport.write(build_upgrade_request(target.address, target.base_path + path, key, extra))
             assert protocol.head is not None
             head, rest = await protocol.head
     except TimeoutError:
         if transport is not None:
             transport.abort()
         raise UpstreamUnavailable(
-            "timeout", f"upstream did not complete the handshake within {config.connect_timeout:g}s"
+            "timeout", f"upstream {target.address} did not complete the handshake within {timeout:.3g}s"
         ) from None
     except BaseException:
         if transport is not None:
@@ -227,3 +228,55 @@ async def connect_upstream(
         transport.abort()
         raise UpstreamUnavailable("invalid", f"invalid upstream handshake: {exc}") from None
     return UpstreamConnection(transport, protocol, subprotocol, rest)
+
+
+_RETRY_PAUSE: Final = 0.1
+"""Pause between rounds over the targets while none is reachable."""
+
+
+async def connect_any(
+    pool: TargetPool,
+    connect_timeout: float,
+    path: str,
+    headers: list[tuple[str, str]],
+    offered_protocols: list[str],
+    report: Callable[[str], None],
+    *,
+    wait: bool = True,
+) -> tuple[UpstreamConnection, Target]:
+    """Connect to the first target that answers, trying them in the pool's order.
+
+    With ``wait`` (new clients), while no target is reachable it keeps trying until
+    ``connect_timeout`` has passed, so a client arriving during an app restart waits
+    instead of failing at once. Without it (reconnects, which pace themselves with
+    backoff), one round over the targets. Every attempt's result goes to ``report``.
+
+    Raises:
+        UpstreamUnavailable: no target answered within ``connect_timeout``.
+        UpstreamRefused: a target answered the upgrade with an HTTP status (not retried).
+    """
+    deadline = time.monotonic() + connect_timeout
+    last: UpstreamUnavailable | None = None
+    while True:
+        for target in pool.candidates():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                connection = await connect_upstream(target, path, headers, offered_protocols, remaining)
+            except UpstreamUnavailable as exc:
+                report(exc.result)
+                pool.failed(target)
+                last = exc
+                continue
+            except UpstreamRefused:
+                report("rejected")
+                pool.succeeded(target)
+                raise
+            report("ok")
+            pool.succeeded(target)
+            return connection, target
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not wait:
+            raise last or UpstreamUnavailable("timeout", f"no upstream answered within {connect_timeout:g}s")
+        await asyncio.sleep(min(_RETRY_PAUSE, remaining))

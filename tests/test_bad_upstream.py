@@ -64,12 +64,12 @@ async def test_invalid_upstream_handshake_is_502(
     """An upstream answering the upgrade with a bad accept key or garbage gives 502, counted as invalid."""
     server, port = await fake_upstream(answer)
     try:
-        gw = make_gateway(f"ws://{HOST}:{port}")
+        gw = make_gateway(f"ws://{HOST}:{port}", {"upstream": {"connect_timeout": "1s"}})
         async with aiohttp.ClientSession() as http:
             with pytest.raises(aiohttp.WSServerHandshakeError) as info:
                 await http.ws_connect(gw.url + "/ws/echo")
         assert info.value.status == status
-        assert await gw.metric("ws_gateway_upstream_connects_total", result="invalid") == 1
+        assert await gw.metric("ws_gateway_upstream_connects_total", result="invalid") >= 1
     finally:
         server.close()
 

@@ -1,0 +1,83 @@
+"""Upstream targets: several app processes behind one gateway, chosen per session.
+
+``upstream.url`` may list several URLs (e.g. several uvicorn processes in the pod).
+:class:`TargetPool` orders them for each connection attempt (round-robin or
+least-sessions), skips a target that failed to connect for ``upstream.cooldown``,
+and counts the sessions on each. Pure bookkeeping, no sockets.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+__all__ = ["Target", "TargetPool"]
+
+
+@dataclass(slots=True, eq=False)
+class Target:
+    """One upstream app process."""
+
+    url: str
+    host: str
+    port: int
+    base_path: str
+    sessions: int = 0
+    cool_until: float = 0.0
+
+    @classmethod
+    def from_url(cls, url: str) -> Target:
+        parts = urlsplit(url)
+        return cls(url, parts.hostname or "127.0.0.1", parts.port or 80, parts.path.rstrip("/"))
+
+    @property
+    def address(self) -> str:
+        """``host:port``, also the Host header sent to it."""
+        return f"{self.host}:{self.port}"
+
+
+class TargetPool:
+    """Chooses targets for connection attempts.
+
+    Args:
+        urls: the upstream URLs, in configuration order.
+        selection: ``round_robin`` or ``least_sessions``.
+        cooldown: seconds a target that failed to connect is tried only after the others.
+    """
+
+    def __init__(self, urls: tuple[str, ...], selection: str, cooldown: float) -> None:
+        self.targets = [Target.from_url(url) for url in urls]
+        self.selection = selection
+        self.cooldown = cooldown
+        self._next = 0
+
+    def candidates(self) -> list[Target]:
+        """Targets in the order to try them: available ones by the selection rule, cooling ones last."""
+        now = time.monotonic()
+        count = len(self.targets)
+        if self.selection == "least_sessions":
+            ordered = sorted(self.targets, key=lambda t: t.sessions)
+        else:
+            start = self._next % count
+            self._next += 1
+            ordered = self.targets[start:] + self.targets[:start]
+        ready = [t for t in ordered if t.cool_until <= now]
+        cooling = sorted((t for t in ordered if t.cool_until > now), key=lambda t: t.cool_until)
+        return ready + cooling
+
+    def failed(self, target: Target) -> None:
+        """A connection to ``target`` failed: try the others first for a while."""
+        target.cool_until = time.monotonic() + self.cooldown
+
+    def succeeded(self, target: Target) -> None:
+        """A connection to ``target`` worked: it is no longer cooling down."""
+        target.cool_until = 0.0
+
+    @staticmethod
+    def opened(target: Target) -> None:
+        target.sessions += 1
+
+    @staticmethod
+    def closed(target: Target) -> None:
+        target.sessions -= 1
