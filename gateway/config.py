@@ -152,6 +152,10 @@ class ReconnectConfig:
     """Bytes of client messages held during an outage."""
     overflow: str
     """``close``: a full buffer closes the client with 1013; ``drop_oldest``: oldest messages are dropped."""
+    notify_loss: str
+    """Opt-in text message sent to the client when its upstream is lost ("" = none); {session_id} is filled."""
+    notify_resume: str
+    """Opt-in text message sent when relaying resumes ("" = none); {session_id}, {outage_ms}, {replayed}."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +210,18 @@ def _close_codes(value: object) -> frozenset[int]:
     if bad:
         raise ValueError(f"{bad} are not close codes (1000-4999)")
     return frozenset(value)
+
+
+def _template(fields: tuple[str, ...]) -> _Parser:
+    def parse(value: object) -> str:
+        text = "" if value is None else str(value)
+        try:
+            text.format(**{name: 0 for name in fields})
+        except (KeyError, IndexError, ValueError):
+            raise ValueError(f"a template may use only {', '.join('{' + f + '}' for f in fields)}") from None
+        return text
+
+    return parse
 
 
 def _optional_duration(value: object) -> float | None:
@@ -335,6 +351,8 @@ SCHEMA: Final[dict[str, Any]] = {
         "buffer_messages": (1000, _positive_int),
         "buffer_bytes": ("1MiB", _positive_size),
         "overflow": ("close", _choice(("close", "drop_oldest"))),
+        "notify_loss": ("", _template(("session_id",))),
+        "notify_resume": ("", _template(("session_id", "outage_ms", "replayed"))),
     },
     "drain": {
         "listener_delay": ("5s", parse_duration),

@@ -115,6 +115,8 @@ class UpstreamRecovery:
         )
         self._outage_started = now
         session.enter_outage(self.buffer)
+        if self.config.notify_loss:
+            session.tell_client(self.config.notify_loss.format(session_id=session.session_id))
         logger.info(
             "session %s: upstream lost (%s); reconnecting",
             session.session_id,
@@ -191,6 +193,12 @@ class UpstreamRecovery:
         self.outage_total += outage
         self._report_losses(buffer)
         self.session.metrics.session_resumed(outage, replayed)
+        if self.config.notify_resume:
+            self.session.tell_client(
+                self.config.notify_resume.format(
+                    session_id=self.session.session_id, outage_ms=round(outage * 1000), replayed=replayed
+                )
+            )
         self.session.resume(connection, buffer.drain())
         logger.info(
             "session %s: upstream back after %.3fs; %d messages replayed", self.session.session_id, outage, replayed

@@ -440,6 +440,15 @@ class Session:
         protocol.attach(upstream.scanner.feed, upstream.transport_lost, connection.first_bytes)
         upstream.schedule_ping()
 
+    def tell_client(self, text: str) -> None:
+        """Send the client a text message of the gateway's own (opt-in outage notices).
+
+        Only called between messages: an outage starts only when nothing is being relayed
+        to the client, and a resume before the new upstream sends anything.
+        """
+        if not self.client.close.lost:
+            self.client.transport.write(build_frame(Opcode.TEXT, text.encode("utf-8"), masked=False))
+
     def close_client_after_loss(self, code: int, reason: str, cause: Cause) -> None:
         """Reconnection failed or is not possible: close the client with ``code``."""
         if self.state not in (SessionState.OPEN, SessionState.RECONNECTING):

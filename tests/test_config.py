@@ -108,3 +108,11 @@ def test_bad_config_exits_2_naming_every_problem(tmp_path: Path) -> None:
     assert result.returncode == 2 and "cannot read" in result.stderr
     result = run_cli("--listen", "127.0.0.1:0")
     assert result.returncode == 2 and "listen" in result.stderr
+
+
+def test_notice_templates_checked() -> None:
+    """A notice template with an unknown field is refused, naming the allowed ones."""
+    with pytest.raises(ConfigError, match="outage_ms"):
+        load_config(overrides={"reconnect": {"notify_resume": "back after {seconds}s"}}, environ={})
+    config = load_config(overrides={"reconnect": {"notify_resume": "back after {outage_ms} ms"}}, environ={})
+    assert config.reconnect.notify_resume == "back after {outage_ms} ms"

@@ -334,3 +334,25 @@ async def test_different_subprotocol_after_reconnect_closes_client(
         assert await gw.metric("ws_gateway_upstream_reconnects_total", result="subprotocol") == 1
     finally:
         server.close()
+
+
+async def test_opt_in_notices_on_loss_and_resume(make_gateway: Callable[..., GatewayProcess], tmp_path: Path) -> None:
+    """With notify templates set, the client reads the loss notice, then the resume notice, then echoes again."""
+    app = Upstream(tmp_path)
+    restarted: Upstream | None = None
+    try:
+        gw = make_gateway(app.url, {"reconnect": {
+            "notify_loss": "upstream lost",
+            "notify_resume": '{{"type": "resumed", "outage_ms": {outage_ms}, "replayed": {replayed}}}'}})
+        async with aiohttp.ClientSession() as http, http.ws_connect(gw.url + "/ws/echo") as ws:
+            app.signal(signal.SIGKILL)
+            assert (await asyncio.wait_for(ws.receive(), scaled(10))).data == "upstream lost"
+            await ws.send_str("held while down")
+            restarted = Upstream(tmp_path, port=app.port)
+            resumed = json.loads((await asyncio.wait_for(ws.receive(), scaled(15))).data)
+            assert resumed["type"] == "resumed" and resumed["replayed"] == 1 and resumed["outage_ms"] > 0
+            assert (await asyncio.wait_for(ws.receive(), scaled(10))).data == "held while down"
+    finally:
+        if restarted is not None:
+            restarted.stop()
+        app.stop()
