@@ -356,3 +356,55 @@ async def test_opt_in_notices_on_loss_and_resume(make_gateway: Callable[..., Gat
         if restarted is not None:
             restarted.stop()
         app.stop()
+
+
+async def test_gunicorn_worker_recycling_under_load(
+    make_gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    """gunicorn + UvicornWorker recycling workers every 3 HTTP requests: WebSocket clients survive every recycle.
+
+    uvicorn counts plain HTTP requests (not WebSocket handshakes) toward max_requests, so the test
+    sends page requests to the app directly while the WebSocket clients talk through the gateway.
+    """
+    import sys
+
+    from tests.support import ManagedProcess, wait_until
+
+    port = free_port()
+    app = ManagedProcess(
+        [sys.executable, "-m", "gunicorn", "examples.app:app", "-k", "uvicorn.workers.UvicornWorker", "-w", "2",
+         "--max-requests", "3", "--max-requests-jitter", "0", "--graceful-timeout", "5", "-b", f"127.0.0.1:{port}"],
+        tmp_path / "gunicorn.log")
+    try:
+        wait_until(lambda: port_open(port) or not app.alive(), 30, "gunicorn to listen")
+        # Recycling this fast would trip the default breaker (5 losses in 60 s): raise it, as an
+        # operator with aggressive max_requests would.
+        gw = make_gateway(f"ws://127.0.0.1:{port}", {"reconnect": {"max_reconnects": 30}})
+        async with aiohttp.ClientSession() as http:
+            runners = []
+            for i in range(10):
+                runners.append(SequencedClient(await http.ws_connect(gw.url + "/ws/echo"), i))
+            receivers = [asyncio.ensure_future(r.receive()) for r in runners]
+
+            async def page_traffic() -> None:
+                for _ in range(12):  # bounded: about 4 worker recycles
+                    try:
+                        async with http.get(f"http://127.0.0.1:{port}/") as response:
+                            await response.read()
+                    except aiohttp.ClientError:
+                        pass  # a worker on its way out
+                    await asyncio.sleep(0.1)
+
+            await asyncio.gather(page_traffic(), *(r.send(60, 0.05) for r in runners))
+            await async_wait_until(lambda: all(r.closed is not None or (r.echoed and r.echoed[-1] == 59)
+                                               for r in runners), 30, "the last echoes")
+            closed_early = [r.closed for r in runners if r.closed is not None]
+            for r in runners:
+                await r.ws.close()
+            await asyncio.gather(*receivers, return_exceptions=True)
+        assert not closed_early, closed_early
+        for runner in runners:
+            assert runner.echoed == sorted(set(runner.echoed)) and runner.echoed[-1] == 59
+        assert await gw.metric("ws_gateway_sessions_resumed_total") >= 1, "workers really were recycled"
+    finally:
+        app.stop()
