@@ -267,7 +267,10 @@ async def connect_any(
             except UpstreamUnavailable as exc:
                 report(exc.result)
                 pool.failed(target)
-                last = exc
+                # Keep the most telling failure: an attempt cut short by our own deadline says
+                # less than an earlier refusal or bad answer (502 rather than 504).
+                if last is None or exc.result != "timeout":
+                    last = exc
                 continue
             except UpstreamRefused:
                 report("rejected")
