@@ -105,14 +105,21 @@ class UpstreamRecovery:
                 CloseCode.INTERNAL_ERROR, "upstream lost in the middle of a message to the client", Cause.ABNORMAL
             )
             return
-        skip_bytes, skip_message = session.client.scanner.cut_point()
-        self.buffer = MessageBuffer(
-            self.config.buffer_messages,
-            self.config.buffer_bytes,
-            OverflowPolicy(self.config.overflow),
-            skip_bytes=skip_bytes,
-            skip_message=skip_message,
-        )
+        policy = OverflowPolicy(self.config.overflow)
+        earlier = session.client.recent
+        if earlier is not None:
+            # The start of a message still in progress was kept: it will be re-sent whole.
+            self.buffer = MessageBuffer(self.config.buffer_messages, self.config.buffer_bytes, policy)
+            self.buffer.prime(bytes(earlier))
+        else:
+            skip_bytes, skip_message = session.client.scanner.cut_point()
+            self.buffer = MessageBuffer(
+                self.config.buffer_messages,
+                self.config.buffer_bytes,
+                policy,
+                skip_bytes=skip_bytes,
+                skip_message=skip_message,
+            )
         self._outage_started = now
         session.enter_outage(self.buffer)
         if self.config.notify_loss:

@@ -6,9 +6,12 @@ them into whole messages at frames with FIN set. Only whole messages are kept
 and replayed, in order; the frames' bytes are replayed unchanged (each frame
 carries its own masking key, so they stay valid on a new connection).
 
-A message the client was in the middle of when the outage began cannot be
-completed on the new connection: the buffer is started in "skip" mode and
-drops the rest of it, counted in ``dropped_messages``.
+A message the client was in the middle of when the outage began is re-sent
+whole: the client leg keeps the bytes forwarded since the last message
+boundary (only while a message is incomplete, up to the buffer's byte limit)
+and :meth:`MessageBuffer.prime` takes the unfinished message's start from
+them. If that start was not kept (too large), the buffer is started in "skip"
+mode and drops the rest of the message, counted in ``dropped_messages``.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ class MessageBuffer:
         self._skipping = skip_message or skip_bytes > 0
         self._fin = False
         self._header = bytearray()
+        self._priming = False
         if self._skipping:
             self.dropped_messages += 1
             self._fin = not skip_message
@@ -126,7 +130,23 @@ class MessageBuffer:
             length = _PACK_64.unpack_from(h, 2)[0]
         return size, length, bool(h[0] & 0x80)
 
+    def prime(self, earlier: bytes) -> None:
+        """Take what was already forwarded since the last message boundary before the outage.
+
+        Complete messages in it reached the old upstream and are dropped here; the start of a
+        message still in progress is kept, so that message is replayed whole once it ends.
+        Call once, before :meth:`feed`.
+        """
+        self._priming = True
+        try:
+            self.feed(earlier)
+        finally:
+            self._priming = False
+
     def _message_done(self) -> None:
+        if self._priming:
+            self._pending.clear()
+            return
         if self._skipping:
             self._skipping = False
             self._pending.clear()

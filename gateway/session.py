@@ -104,6 +104,7 @@ class Leg:
         "other",
         "pending",
         "reading_paused",
+        "recent",
         "scanner",
         "session",
         "transport",
@@ -139,6 +140,9 @@ class Leg:
         self.reading_paused = False
         self.holding = False
         """Client leg during an upstream outage: data goes to the replay buffer, not upstream."""
+        self.recent: bytearray | None = None
+        """Client leg with reconnection: bytes forwarded since the last message boundary, kept only
+        while a message is incomplete so an outage can re-send it whole (None: not kept)."""
         transport.set_write_buffer_limits(high=config.max_buffered, low=config.max_buffered // 4)
 
     # --- scanner sink: called for bytes read from this leg's peer -------------------
@@ -149,6 +153,15 @@ class Leg:
             assert recovery is not None
             recovery.hold(data)
             return
+        recent = self.recent
+        if recent is not None:
+            if at_boundary and not self.scanner.in_message:
+                if recent:
+                    recent.clear()
+            elif len(recent) + len(data) <= self.session.retain_limit:
+                recent += data
+            else:
+                self.recent = None  # too large to re-send whole: an outage now drops it (counted)
         other = self.other
         transport = other.transport
         transport.write(data)
@@ -319,6 +332,7 @@ class Session:
         "metrics",
         "path",
         "recovery",
+        "retain_limit",
         "retired_traffic",
         "session_id",
         "started",
@@ -355,6 +369,8 @@ class Session:
         """Backpressure waits under way; created on first use (most sessions never need one)."""
         self.recovery: UpstreamRecovery | None = None
         """Set when reconnection is enabled: replaces the upstream leg instead of closing the client."""
+        self.retain_limit = 0
+        """Most bytes of an incomplete client message kept for re-sending after an outage."""
         self.target: Target | None = None
         """The upstream target this session is on (moves on reconnect)."""
         self.retired_traffic = (0, 0, 0)
@@ -377,6 +393,9 @@ class Session:
             max_frame_size=self.upstream_config.max_frame_size,
         )
         self.client = client
+        if self.recovery is not None:
+            self.retain_limit = self.recovery.config.buffer_bytes
+            client.recent = bytearray()
         upstream = self._new_upstream_leg(upstream_transport, upstream_flow)
         self.metrics.session_opened(self)
         client.schedule_ping()
@@ -436,6 +455,7 @@ class Session:
         if replay:
             connection.transport.write(replay)
         self.client.holding = False
+        self.client.recent = bytearray() if self.retain_limit else None
         self._set_state(SessionState.OPEN)
         protocol.attach(upstream.scanner.feed, upstream.transport_lost, connection.first_bytes)
         upstream.schedule_ping()

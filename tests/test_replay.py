@@ -108,3 +108,16 @@ def test_retryable_close() -> None:
     assert retryable_close(1012, codes)
     assert not retryable_close(1000, codes)
     assert not retryable_close(4001, codes)
+
+
+def test_primed_message_is_replayed_whole() -> None:
+    """Primed with what was forwarded before the outage, a message in progress is completed and kept whole."""
+    delivered = client_frame(Opcode.TEXT, b"already delivered")
+    first = client_frame(Opcode.TEXT, b"first half ", fin=False)
+    rest = client_frame(Opcode.CONTINUATION, b"second half")
+    buffer = MessageBuffer(10, 1 << 20, OverflowPolicy.CLOSE)
+    buffer.prime(delivered + first)
+    assert not buffer.messages, "complete messages already reached the old upstream"
+    buffer.feed(rest)
+    assert list(buffer.messages) == [first + rest]
+    assert buffer.dropped_messages == 0
