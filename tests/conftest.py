@@ -33,6 +33,17 @@ def make_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
 
 
 @pytest.fixture
+def make_upstream(tmp_path: Path) -> Iterator[Callable[..., Upstream]]:
+    """Start example-app upstreams for one test (``port=`` restarts one on the same port); all stopped at teardown."""
+
+    def start(port: int | None = None, extra: list[str] | None = None) -> Upstream:
+        return Upstream(tmp_path, port=port, extra=extra)
+
+    with process_factory(start) as factory:
+        yield factory
+
+
+@pytest.fixture
 def gateway(make_gateway: Callable[..., GatewayProcess], upstream: Upstream) -> GatewayProcess:
     """A gateway with default settings in front of the shared upstream."""
     return make_gateway(upstream.url)

@@ -310,3 +310,17 @@ class NginxProcess(ManagedProcess):
     @property
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
+
+
+def request_headers(info: dict[str, Any]) -> dict[str, str]:
+    """Headers the example app's /ws/request route reported, names lower-cased."""
+    return {name.lower(): value for name, value in info["headers"]}
+
+
+async def read_request_info(ws: aiohttp.ClientWebSocketResponse, timeout: float = 10) -> dict[str, Any]:
+    """The next /ws/request report (path, query, headers, subprotocols), waited for with asyncio.wait_for.
+
+    Not ``receive(timeout=)``: aiohttp restarts that timer on every gateway ping.
+    """
+    message = await asyncio.wait_for(ws.receive(), scaled(timeout))
+    return dict(json.loads(message.data))

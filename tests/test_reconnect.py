@@ -11,7 +11,16 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.support import GatewayProcess, Upstream, async_wait_until, free_port, port_open, scaled
+from tests.support import (
+    GatewayProcess,
+    Upstream,
+    async_wait_until,
+    free_port,
+    port_open,
+    read_request_info,
+    request_headers,
+    scaled,
+)
 
 
 class SequencedClient:
@@ -65,189 +74,161 @@ async def run_outage(
     return runners
 
 
-def kill_and_restart(app: Upstream, tmp_path: Path, signum: int, down_for: float) -> Callable[[], Upstream]:
+def kill_and_restart(
+    app: Upstream, make_upstream: Callable[..., Upstream], signum: int, down_for: float
+) -> Callable[[], Upstream]:
     """An outage function: signal the upstream, keep it down ``down_for`` s, restart it on the same port."""
-    restarted: list[Upstream] = []
 
     def outage() -> Upstream:
         time.sleep(0.5)  # let traffic flow first (this runs in a thread, not on the test's loop)
         app.signal(signum)
         app.process.wait(timeout=scaled(20))
         time.sleep(down_for)
-        restarted.append(Upstream(tmp_path, port=app.port))
-        return restarted[0]
+        return make_upstream(port=app.port)
 
-    outage.restarted = restarted  # type: ignore[attr-defined]
     return outage
 
 
 async def test_fifty_clients_survive_upstream_kill_and_restart(
-    make_gateway: Callable[..., GatewayProcess], tmp_path: Path
+    make_gateway: Callable[..., GatewayProcess], make_upstream: Callable[..., Upstream]
 ) -> None:
     """SIGKILL the app, restart it 1.5 s later: no client disconnects; echoes stay in order, once each."""
-    app = Upstream(tmp_path)
-    outage = kill_and_restart(app, tmp_path, signal.SIGKILL, 1.5)
-    try:
-        gw = make_gateway(app.url)
-        runners = await run_outage(gw, clients=50, count=150, interval=0.03, outage=outage)
-        for runner in runners:
-            assert runner.closed_by_gateway is None, runner.closed_by_gateway
-            assert runner.echoed == sorted(set(runner.echoed)), "in order, each at most once"
-            missing = set(range(150)) - set(runner.echoed)
-            # Only messages in flight on the old connection at the kill may be lost (at-most-once).
-            assert len(missing) <= 5, (runner.index, sorted(missing))
-        assert await gw.metric("ws_gateway_sessions_resumed_total") == 50
-        assert await gw.metric("ws_gateway_upstream_reconnects_total", result="ok") == 50
-        lines = await gw.wait_session_log(50)
-        assert all(line["reconnects"] == 1 and line["outage_seconds"] > 1.0 for line in lines)
-        assert all(line["client_code"] == 1000 for line in lines), "clients closed normally, by themselves"
-    finally:
-        for server in outage.restarted:  # type: ignore[attr-defined]
-            server.stop()
-        app.stop()
+    app = make_upstream()
+    outage = kill_and_restart(app, make_upstream, signal.SIGKILL, 1.5)
+    gw = make_gateway(app.url)
+    runners = await run_outage(gw, clients=50, count=150, interval=0.03, outage=outage)
+    for runner in runners:
+        assert runner.closed_by_gateway is None, runner.closed_by_gateway
+        assert runner.echoed == sorted(set(runner.echoed)), "in order, each at most once"
+        missing = set(range(150)) - set(runner.echoed)
+        # Only messages in flight on the old connection at the kill may be lost (at-most-once).
+        assert len(missing) <= 5, (runner.index, sorted(missing))
+    assert await gw.metric("ws_gateway_sessions_resumed_total") == 50
+    assert await gw.metric("ws_gateway_upstream_reconnects_total", result="ok") == 50
+    lines = await gw.wait_session_log(50)
+    assert all(line["reconnects"] == 1 and line["outage_seconds"] > 1.0 for line in lines)
+    assert all(line["client_code"] == 1000 for line in lines), "clients closed normally, by themselves"
 
 
-async def test_sigterm_1012_is_reconnected(make_gateway: Callable[..., GatewayProcess], tmp_path: Path) -> None:
+async def test_sigterm_1012_is_reconnected(
+    make_gateway: Callable[..., GatewayProcess], make_upstream: Callable[..., Upstream]
+) -> None:
     """uvicorn's SIGTERM sends 1012 to every socket: the gateway reconnects instead of relaying it."""
-    app = Upstream(tmp_path)
-    outage = kill_and_restart(app, tmp_path, signal.SIGTERM, 0.5)
-    try:
-        gw = make_gateway(app.url)
-        runners = await run_outage(gw, clients=10, count=80, interval=0.03, outage=outage)
-        for runner in runners:
-            assert runner.closed_by_gateway is None, runner.closed_by_gateway
-            assert runner.echoed == sorted(set(runner.echoed))
-            assert runner.echoed[-1] == 79
-        assert await gw.metric("ws_gateway_sessions_resumed_total") == 10
-        assert await gw.metric("ws_gateway_closes_total", leg="client", code="1012", initiator="upstream",
-                               cause="shutdown") == 0, "1012 was not passed to the clients"
-    finally:
-        for server in outage.restarted:  # type: ignore[attr-defined]
-            server.stop()
-        app.stop()
+    app = make_upstream()
+    outage = kill_and_restart(app, make_upstream, signal.SIGTERM, 0.5)
+    gw = make_gateway(app.url)
+    runners = await run_outage(gw, clients=10, count=80, interval=0.03, outage=outage)
+    for runner in runners:
+        assert runner.closed_by_gateway is None, runner.closed_by_gateway
+        assert runner.echoed == sorted(set(runner.echoed))
+        assert runner.echoed[-1] == 79
+    assert await gw.metric("ws_gateway_sessions_resumed_total") == 10
+    assert await gw.metric("ws_gateway_closes_total", leg="client", code="1012", initiator="upstream",
+                           cause="shutdown") == 0, "1012 was not passed to the clients"
 
 
 async def test_reconnect_handshake_carries_session_id_and_attempt(
-    make_gateway: Callable[..., GatewayProcess], tmp_path: Path
+    make_gateway: Callable[..., GatewayProcess], make_upstream: Callable[..., Upstream]
 ) -> None:
     """The app sees the same X-Gateway-Session-Id on the first and the reconnect handshake, plus the attempt."""
-    app = Upstream(tmp_path)
-    restarted: Upstream | None = None
-    try:
-        gw = make_gateway(app.url)
-        async with aiohttp.ClientSession() as http, http.ws_connect(gw.url + "/ws/request?room=1") as ws:
-            first = {k.lower(): v for k, v in json.loads((await ws.receive(timeout=scaled(10))).data)["headers"]}
-            app.signal(signal.SIGKILL)
-            app.process.wait(timeout=scaled(20))
-            restarted = Upstream(tmp_path, port=app.port)
-            again = json.loads((await ws.receive(timeout=scaled(15))).data)
-        second = {k.lower(): v for k, v in again["headers"]}
-        assert again["query"] == "room=1"
-        assert first["x-gateway-session-id"] == second["x-gateway-session-id"]
-        assert "x-gateway-reconnect" not in first
-        assert int(second["x-gateway-reconnect"]) >= 1
-    finally:
-        if restarted is not None:
-            restarted.stop()
-        app.stop()
+    app = make_upstream()
+    gw = make_gateway(app.url)
+    async with aiohttp.ClientSession() as http, http.ws_connect(gw.url + "/ws/request?room=1") as ws:
+        first = request_headers(await read_request_info(ws))
+        app.signal(signal.SIGKILL)
+        app.process.wait(timeout=scaled(20))
+        make_upstream(port=app.port)
+        again = await read_request_info(ws, 15)
+    second = request_headers(again)
+    assert again["query"] == "room=1"
+    assert first["x-gateway-session-id"] == second["x-gateway-session-id"]
+    assert "x-gateway-reconnect" not in first
+    assert int(second["x-gateway-reconnect"]) >= 1
 
 
 async def test_upstream_that_never_returns_closes_client_with_1013(
-    make_gateway: Callable[..., GatewayProcess], tmp_path: Path
+    make_gateway: Callable[..., GatewayProcess], make_upstream: Callable[..., Upstream]
 ) -> None:
     """With give_up_after 2 s and no upstream, the client gets 1013 within the deadline plus slack."""
-    app = Upstream(tmp_path)
-    try:
-        gw = make_gateway(app.url, {"reconnect": {"give_up_after": "2s"}})
-        async with aiohttp.ClientSession() as http, http.ws_connect(gw.url + "/ws/echo") as ws:
-            await ws.send_str("hello")
-            await ws.receive(timeout=scaled(5))
-            app.signal(signal.SIGKILL)
-            lost_at = time.monotonic()
-            msg = await ws.receive(timeout=scaled(10))
-        assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1013)
-        assert "upstream unavailable" in msg.extra
-        assert time.monotonic() - lost_at < 2 + scaled(2)
-        line = (await gw.wait_session_log(1))[0]
-        assert (line["client_code"], line["cause"], line["initiator"]) == (1013, "upstream_unavailable", "gateway")
-        assert await gw.metric("ws_gateway_upstream_reconnects_total", result="refused") >= 1
-        assert await gw.metric("ws_gateway_closes_total", leg="client", code="1013", initiator="gateway",
-                               cause="upstream_unavailable") == 1
-    finally:
-        app.stop()
+    app = make_upstream()
+    gw = make_gateway(app.url, {"reconnect": {"give_up_after": "2s"}})
+    async with aiohttp.ClientSession() as http, http.ws_connect(gw.url + "/ws/echo") as ws:
+        await ws.send_str("hello")
+        await ws.receive(timeout=scaled(5))
+        app.signal(signal.SIGKILL)
+        lost_at = time.monotonic()
+        msg = await ws.receive(timeout=scaled(10))
+    assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1013)
+    assert "upstream unavailable" in msg.extra
+    assert time.monotonic() - lost_at < 2 + scaled(2)
+    line = (await gw.wait_session_log(1))[0]
+    assert (line["client_code"], line["cause"], line["initiator"]) == (1013, "upstream_unavailable", "gateway")
+    assert await gw.metric("ws_gateway_upstream_reconnects_total", result="refused") >= 1
+    assert await gw.metric("ws_gateway_closes_total", leg="client", code="1013", initiator="gateway",
+                           cause="upstream_unavailable") == 1
 
 
 async def test_poison_message_trips_the_breaker(
-    make_gateway: Callable[..., GatewayProcess], tmp_path: Path
+    make_gateway: Callable[..., GatewayProcess], make_upstream: Callable[..., Upstream]
 ) -> None:
     """A payload that crashes the handler on every replay closes that client with 1011; others continue."""
-    app = Upstream(tmp_path)
-    try:
-        gw = make_gateway(app.url, {"reconnect": {"max_reconnects": 2, "breaker_window": "60s"}})
-        async with aiohttp.ClientSession() as http:
-            healthy = await http.ws_connect(gw.url + "/ws/echo")
-            poisoned = await http.ws_connect(gw.url + "/ws/crash")
-            closing = asyncio.ensure_future(poisoned.receive(timeout=scaled(20)))
-            for _ in range(20):
-                if closing.done():
-                    break
-                await poisoned.send_str("poison")
-                await asyncio.sleep(0.2)
-            msg = await closing
-            assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1011)
-            assert "circuit breaker" in msg.extra
-            await healthy.send_str("still fine")
-            assert (await healthy.receive(timeout=scaled(5))).data == "still fine"
-            await healthy.close()
-        assert await gw.metric("ws_gateway_reconnect_breaker_trips_total") == 1
-    finally:
-        app.stop()
+    app = make_upstream()
+    gw = make_gateway(app.url, {"reconnect": {"max_reconnects": 2, "breaker_window": "60s"}})
+    async with aiohttp.ClientSession() as http:
+        healthy = await http.ws_connect(gw.url + "/ws/echo")
+        poisoned = await http.ws_connect(gw.url + "/ws/crash")
+        closing = asyncio.ensure_future(poisoned.receive(timeout=scaled(20)))
+        for _ in range(20):
+            if closing.done():
+                break
+            await poisoned.send_str("poison")
+            await asyncio.sleep(0.2)
+        msg = await closing
+        assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1011)
+        assert "circuit breaker" in msg.extra
+        await healthy.send_str("still fine")
+        assert (await healthy.receive(timeout=scaled(5))).data == "still fine"
+        await healthy.close()
+    assert await gw.metric("ws_gateway_reconnect_breaker_trips_total") == 1
 
 
-async def test_buffer_overflow_closes_with_1013(make_gateway: Callable[..., GatewayProcess], tmp_path: Path) -> None:
+async def test_buffer_overflow_closes_with_1013(
+    make_gateway: Callable[..., GatewayProcess], make_upstream: Callable[..., Upstream]
+) -> None:
     """During an outage, more than buffer_messages messages close the client with 1013 (policy close), counted."""
-    app = Upstream(tmp_path)
-    try:
-        gw = make_gateway(app.url, {"reconnect": {"buffer_messages": 5, "give_up_after": "20s"}})
-        async with aiohttp.ClientSession() as http, http.ws_connect(gw.url + "/ws/echo") as ws:
-            app.signal(signal.SIGKILL)
-            app.process.wait(timeout=scaled(20))
-            await async_wait_until(lambda: not port_open(app.port), 5, "the upstream to be gone")
-            await gw_reconnecting(gw)
-            for i in range(10):
-                await ws.send_str(f"held {i}")
-            msg = await ws.receive(timeout=scaled(10))
-        assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1013)
-        assert "replay buffer full" in msg.extra
-        assert await gw.metric("ws_gateway_replay_overflows_total", policy="close") == 1
-    finally:
-        app.stop()
+    app = make_upstream()
+    gw = make_gateway(app.url, {"reconnect": {"buffer_messages": 5, "give_up_after": "20s"}})
+    async with aiohttp.ClientSession() as http, http.ws_connect(gw.url + "/ws/echo") as ws:
+        app.signal(signal.SIGKILL)
+        app.process.wait(timeout=scaled(20))
+        await async_wait_until(lambda: not port_open(app.port), 5, "the upstream to be gone")
+        await gw_reconnecting(gw)
+        for i in range(10):
+            await ws.send_str(f"held {i}")
+        msg = await ws.receive(timeout=scaled(10))
+    assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1013)
+    assert "replay buffer full" in msg.extra
+    assert await gw.metric("ws_gateway_replay_overflows_total", policy="close") == 1
 
 
 async def test_buffer_overflow_drop_oldest_replays_newest(
-    make_gateway: Callable[..., GatewayProcess], tmp_path: Path
+    make_gateway: Callable[..., GatewayProcess], make_upstream: Callable[..., Upstream]
 ) -> None:
     """With overflow: drop_oldest, the newest messages are replayed in order after the restart; drops counted."""
-    app = Upstream(tmp_path)
-    restarted: Upstream | None = None
-    try:
-        gw = make_gateway(app.url, {"reconnect": {"buffer_messages": 5, "overflow": "drop_oldest"}})
-        async with aiohttp.ClientSession() as http, http.ws_connect(gw.url + "/ws/echo") as ws:
-            app.signal(signal.SIGKILL)
-            app.process.wait(timeout=scaled(20))
-            await gw_reconnecting(gw)
-            for i in range(10):
-                await ws.send_str(f"held {i}")
-            await async_wait_until_metric(gw, "ws_gateway_replay_buffered_messages", 5)
-            restarted = Upstream(tmp_path, port=app.port)
-            echoes = [(await ws.receive(timeout=scaled(15))).data for _ in range(5)]
-        assert echoes == [f"held {i}" for i in range(5, 10)]
-        assert await gw.metric("ws_gateway_replay_dropped_messages_total") == 5
-        assert await gw.metric("ws_gateway_replayed_messages_total") == 5
-    finally:
-        if restarted is not None:
-            restarted.stop()
-        app.stop()
+    app = make_upstream()
+    gw = make_gateway(app.url, {"reconnect": {"buffer_messages": 5, "overflow": "drop_oldest"}})
+    async with aiohttp.ClientSession() as http, http.ws_connect(gw.url + "/ws/echo") as ws:
+        app.signal(signal.SIGKILL)
+        app.process.wait(timeout=scaled(20))
+        await gw_reconnecting(gw)
+        for i in range(10):
+            await ws.send_str(f"held {i}")
+        await async_wait_until_metric(gw, "ws_gateway_replay_buffered_messages", 5)
+        make_upstream(port=app.port)
+        echoes = [(await ws.receive(timeout=scaled(15))).data for _ in range(5)]
+    assert echoes == [f"held {i}" for i in range(5, 10)]
+    assert await gw.metric("ws_gateway_replay_dropped_messages_total") == 5
+    assert await gw.metric("ws_gateway_replayed_messages_total") == 5
 
 
 async def gw_reconnecting(gw: GatewayProcess) -> None:
@@ -267,38 +248,34 @@ async def async_wait_until_metric(
 
 
 async def test_frozen_upstream_is_reconnected_after_ping_timeout(
-    make_gateway: Callable[..., GatewayProcess], tmp_path: Path
+    make_gateway: Callable[..., GatewayProcess], make_upstream: Callable[..., Upstream]
 ) -> None:
     """An app that blocks its loop misses pings; the gateway reconnects once it is back; the client stays."""
-    app = Upstream(tmp_path)
-    try:
-        fast = {"ping_interval": "300ms", "ping_timeout": "600ms", "ping_jitter": "100ms"}
-        gw = make_gateway(app.url, {"upstream": fast, "reconnect": {"give_up_after": "15s"}})
-        async with aiohttp.ClientSession() as http, http.ws_connect(gw.url + "/ws/stall?seconds=3") as ws:
-            closing = asyncio.ensure_future(ws.receive())
-            await ws.send_str("freeze now")
-            await async_wait_until_metric(gw, "ws_gateway_sessions_resumed_total", 1, timeout=15)
-            assert not closing.done(), "the client was not disconnected"
-            closing.cancel()
-        assert await gw.metric("ws_gateway_ping_timeouts_total", leg="upstream") >= 1
-    finally:
-        app.stop()
+    app = make_upstream()
+    fast = {"ping_interval": "300ms", "ping_timeout": "600ms", "ping_jitter": "100ms"}
+    gw = make_gateway(app.url, {"upstream": fast, "reconnect": {"give_up_after": "15s"}})
+    async with aiohttp.ClientSession() as http, http.ws_connect(gw.url + "/ws/stall?seconds=3") as ws:
+        closing = asyncio.ensure_future(ws.receive())
+        await ws.send_str("freeze now")
+        await async_wait_until_metric(gw, "ws_gateway_sessions_resumed_total", 1, timeout=15)
+        assert not closing.done(), "the client was not disconnected"
+        closing.cancel()
+    assert await gw.metric("ws_gateway_ping_timeouts_total", leg="upstream") >= 1
 
 
-async def test_no_reconnect_while_draining(make_gateway: Callable[..., GatewayProcess], tmp_path: Path) -> None:
+async def test_no_reconnect_while_draining(
+    make_gateway: Callable[..., GatewayProcess], make_upstream: Callable[..., Upstream]
+) -> None:
     """After SIGTERM the gateway does not reconnect: an upstream loss then closes the client at once (1011)."""
-    app = Upstream(tmp_path)
-    try:
-        gw = make_gateway(app.url, {"drain": {"listener_delay": "3s", "spread": "1s", "timeout": "8s"}})
-        async with aiohttp.ClientSession() as http, http.ws_connect(gw.url + "/ws/echo") as ws:
-            gw.signal(signal.SIGTERM)
-            async with http.get(gw.admin + "/readyz") as response:
-                assert response.status == 503
-            app.signal(signal.SIGKILL)
-            msg = await asyncio.wait_for(ws.receive(), scaled(2))
-        assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1011)
-    finally:
-        app.stop()
+    app = make_upstream()
+    gw = make_gateway(app.url, {"drain": {"listener_delay": "3s", "spread": "1s", "timeout": "8s"}})
+    async with aiohttp.ClientSession() as http, http.ws_connect(gw.url + "/ws/echo") as ws:
+        gw.signal(signal.SIGTERM)
+        async with http.get(gw.admin + "/readyz") as response:
+            assert response.status == 503
+        app.signal(signal.SIGKILL)
+        msg = await asyncio.wait_for(ws.receive(), scaled(2))
+    assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1011)
 
 
 async def test_different_subprotocol_after_reconnect_closes_client(
@@ -338,26 +315,22 @@ async def test_different_subprotocol_after_reconnect_closes_client(
         server.close()
 
 
-async def test_opt_in_notices_on_loss_and_resume(make_gateway: Callable[..., GatewayProcess], tmp_path: Path) -> None:
+async def test_opt_in_notices_on_loss_and_resume(
+    make_gateway: Callable[..., GatewayProcess], make_upstream: Callable[..., Upstream]
+) -> None:
     """With notify templates set, the client reads the loss notice, then the resume notice, then echoes again."""
-    app = Upstream(tmp_path)
-    restarted: Upstream | None = None
-    try:
-        gw = make_gateway(app.url, {"reconnect": {
-            "notify_loss": "upstream lost",
-            "notify_resume": '{{"type": "resumed", "outage_ms": {outage_ms}, "replayed": {replayed}}}'}})
-        async with aiohttp.ClientSession() as http, http.ws_connect(gw.url + "/ws/echo") as ws:
-            app.signal(signal.SIGKILL)
-            assert (await asyncio.wait_for(ws.receive(), scaled(10))).data == "upstream lost"
-            await ws.send_str("held while down")
-            restarted = Upstream(tmp_path, port=app.port)
-            resumed = json.loads((await asyncio.wait_for(ws.receive(), scaled(15))).data)
-            assert resumed["type"] == "resumed" and resumed["replayed"] == 1 and resumed["outage_ms"] > 0
-            assert (await asyncio.wait_for(ws.receive(), scaled(10))).data == "held while down"
-    finally:
-        if restarted is not None:
-            restarted.stop()
-        app.stop()
+    app = make_upstream()
+    gw = make_gateway(app.url, {"reconnect": {
+        "notify_loss": "upstream lost",
+        "notify_resume": '{{"type": "resumed", "outage_ms": {outage_ms}, "replayed": {replayed}}}'}})
+    async with aiohttp.ClientSession() as http, http.ws_connect(gw.url + "/ws/echo") as ws:
+        app.signal(signal.SIGKILL)
+        assert (await asyncio.wait_for(ws.receive(), scaled(10))).data == "upstream lost"
+        await ws.send_str("held while down")
+        make_upstream(port=app.port)
+        resumed = json.loads((await asyncio.wait_for(ws.receive(), scaled(15))).data)
+        assert resumed["type"] == "resumed" and resumed["replayed"] == 1 and resumed["outage_ms"] > 0
+        assert (await asyncio.wait_for(ws.receive(), scaled(10))).data == "held while down"
 
 
 async def test_gunicorn_worker_recycling_under_load(
@@ -413,31 +386,25 @@ async def test_gunicorn_worker_recycling_under_load(
 
 
 async def test_fragmented_message_cut_by_the_outage_is_resent_whole(
-    make_gateway: Callable[..., GatewayProcess], tmp_path: Path
+    make_gateway: Callable[..., GatewayProcess], make_upstream: Callable[..., Upstream]
 ) -> None:
     """First fragment before the kill, last fragment during the outage: the new upstream gets the whole message."""
     from gateway.frames import Opcode
     from tests.support import RawClient, client_frame
 
-    app = Upstream(tmp_path)
-    restarted: Upstream | None = None
-    try:
-        gw = make_gateway(app.url)
-        client = await RawClient.connect(gw.port, "/ws/echo")
-        client.send(client_frame(Opcode.TEXT, b"before the kill | ", fin=False))
-        # The loss must come after the first fragment was relayed: wait until the gateway counted it.
-        await async_wait_until_metric(
-            gw, "ws_gateway_payload_bytes_total", 18, labels={"direction": "client_to_upstream"})
-        app.signal(signal.SIGKILL)
-        app.process.wait(timeout=scaled(20))
-        await gw_reconnecting(gw)
-        client.send(client_frame(Opcode.CONTINUATION, b"after the kill"))
-        restarted = Upstream(tmp_path, port=app.port)
-        fin, opcode, payload = await client.read_frame(timeout=15)
-        assert (fin, opcode, payload) == (True, Opcode.TEXT, b"before the kill | after the kill")
-        assert await gw.metric("ws_gateway_replay_dropped_messages_total") == 0
-        client.close()
-    finally:
-        if restarted is not None:
-            restarted.stop()
-        app.stop()
+    app = make_upstream()
+    gw = make_gateway(app.url)
+    client = await RawClient.connect(gw.port, "/ws/echo")
+    client.send(client_frame(Opcode.TEXT, b"before the kill | ", fin=False))
+    # The loss must come after the first fragment was relayed: wait until the gateway counted it.
+    await async_wait_until_metric(
+        gw, "ws_gateway_payload_bytes_total", 18, labels={"direction": "client_to_upstream"})
+    app.signal(signal.SIGKILL)
+    app.process.wait(timeout=scaled(20))
+    await gw_reconnecting(gw)
+    client.send(client_frame(Opcode.CONTINUATION, b"after the kill"))
+    make_upstream(port=app.port)
+    fin, opcode, payload = await client.read_frame(timeout=15)
+    assert (fin, opcode, payload) == (True, Opcode.TEXT, b"before the kill | after the kill")
+    assert await gw.metric("ws_gateway_replay_dropped_messages_total") == 0
+    client.close()

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import aiohttp
 import pytest
 
-from tests.support import GatewayProcess, Upstream, free_port, scaled
+from tests.support import GatewayProcess, Upstream, free_port, request_headers, scaled
 
 
 async def test_text_and_binary_relayed_byte_exact_in_order(gateway: GatewayProcess) -> None:
@@ -37,7 +37,7 @@ async def test_path_query_and_headers_forwarded(gateway: GatewayProcess) -> None
         gateway.url + "/ws/request?room=7&user=%C3%A9", headers=headers
     ) as ws:
         info = json.loads((await ws.receive(timeout=scaled(10))).data)
-    seen = {k.lower(): v for k, v in info["headers"]}
+    seen = request_headers(info)
     assert info["path"] == "/ws/request"
     assert info["query"] == "room=7&user=%C3%A9"
     assert seen["cookie"] == "session=abc"
@@ -57,7 +57,7 @@ async def test_trusted_proxy_headers_kept(make_gateway: Callable[..., GatewayPro
     headers = {"X-Forwarded-For": "203.0.113.9", "X-Request-ID": "req-42", "X-Forwarded-Proto": "https"}
     async with aiohttp.ClientSession() as http, http.ws_connect(gw.url + "/ws/request", headers=headers) as ws:
         info = json.loads((await ws.receive(timeout=scaled(10))).data)
-    seen = {k.lower(): v for k, v in info["headers"]}
+    seen = request_headers(info)
     assert seen["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
     assert seen["x-request-id"] == "req-42"
     assert seen["x-forwarded-proto"] == "https"

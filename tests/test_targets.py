@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import aiohttp
 
 from gateway.targets import TargetPool
-from tests.support import GatewayProcess, Upstream, free_port, scaled
+from tests.support import GatewayProcess, Upstream, free_port, read_request_info, request_headers
 
 
 def test_round_robin_and_least_sessions_order() -> None:
@@ -35,8 +34,7 @@ def test_failed_target_is_tried_last_during_cooldown() -> None:
 
 async def first_host(url: str) -> str:
     async with aiohttp.ClientSession() as http, http.ws_connect(url + "/ws/request") as ws:
-        info = json.loads((await ws.receive(timeout=scaled(10))).data)
-    return dict((k.lower(), v) for k, v in info["headers"])["host"]
+        return request_headers(await read_request_info(ws))["host"]
 
 
 async def test_sessions_spread_round_robin(make_gateway: Callable[..., GatewayProcess], tmp_path: Path) -> None:
@@ -86,13 +84,12 @@ async def test_hung_target_session_moves_to_the_other(
                 "connect_timeout": "1s", "url": [first.url, second.url]}
         gw = make_gateway(first.url, {"upstream": fast})
         async with aiohttp.ClientSession() as http, http.ws_connect(gw.url + "/ws/request") as ws:
-            before = dict((k.lower(), v) for k, v in json.loads((await ws.receive(timeout=scaled(10))).data)["headers"])
+            before = request_headers(await read_request_info(ws))
             hung = first if before["host"] == f"127.0.0.1:{first.port}" else second
             other = second if hung is first else first
             hung.signal(signal.SIGSTOP)
             stopped = True
-            after_msg = await asyncio.wait_for(ws.receive(), scaled(15))
-            after = dict((k.lower(), v) for k, v in json.loads(after_msg.data)["headers"])
+            after = request_headers(await read_request_info(ws, 15))
         assert after["host"] == f"127.0.0.1:{other.port}"
         assert after["x-gateway-session-id"] == before["x-gateway-session-id"]
         assert await gw.metric("ws_gateway_ping_timeouts_total", leg="upstream") >= 1
