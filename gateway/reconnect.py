@@ -106,7 +106,7 @@ class UpstreamRecovery:
             )
             return
         policy = OverflowPolicy(self.config.overflow)
-        earlier = session.client.recent
+        earlier = None if session.client.recent_too_large else session.client.recent
         if earlier is not None:
             # The start of a message still in progress was kept: it will be re-sent whole.
             self.buffer = MessageBuffer(self.config.buffer_messages, self.config.buffer_bytes, policy)

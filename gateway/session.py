@@ -105,6 +105,7 @@ class Leg:
         "pending",
         "reading_paused",
         "recent",
+        "recent_too_large",
         "scanner",
         "session",
         "transport",
@@ -143,6 +144,8 @@ class Leg:
         self.recent: bytearray | None = None
         """Client leg with reconnection: bytes forwarded since the last message boundary, kept only
         while a message is incomplete so an outage can re-send it whole (None: not kept)."""
+        self.recent_too_large = False
+        """The message in progress outgrew the retention limit; reset at the next message boundary."""
         transport.set_write_buffer_limits(high=config.max_buffered, low=config.max_buffered // 4)
 
     # --- scanner sink: called for bytes read from this leg's peer -------------------
@@ -158,10 +161,14 @@ class Leg:
             if at_boundary and not self.scanner.in_message:
                 if recent:
                     recent.clear()
-            elif len(recent) + len(data) <= self.session.retain_limit:
-                recent += data
-            else:
-                self.recent = None  # too large to re-send whole: an outage now drops it (counted)
+                self.recent_too_large = False
+            elif not self.recent_too_large:
+                if len(recent) + len(data) <= self.session.retain_limit:
+                    recent += data
+                else:
+                    # Too large to re-send whole: an outage during this message drops it (counted).
+                    recent.clear()
+                    self.recent_too_large = True
         other = self.other
         transport = other.transport
         transport.write(data)
@@ -456,6 +463,7 @@ class Session:
             connection.transport.write(replay)
         self.client.holding = False
         self.client.recent = bytearray() if self.retain_limit else None
+        self.client.recent_too_large = False
         self._set_state(SessionState.OPEN)
         protocol.attach(upstream.scanner.feed, upstream.transport_lost, connection.first_bytes)
         upstream.schedule_ping()

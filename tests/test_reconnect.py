@@ -408,3 +408,28 @@ async def test_fragmented_message_cut_by_the_outage_is_resent_whole(
     assert (fin, opcode, payload) == (True, Opcode.TEXT, b"before the kill | after the kill")
     assert await gw.metric("ws_gateway_replay_dropped_messages_total") == 0
     client.close()
+
+
+async def test_retention_recovers_after_a_message_too_large_to_keep(
+    make_gateway: Callable[..., GatewayProcess], make_upstream: Callable[..., Upstream]
+) -> None:
+    """A fragmented message larger than buffer_bytes is not kept, but the next cut message is re-sent whole."""
+    from gateway.frames import Opcode
+    from tests.support import RawClient, client_frame
+
+    app = make_upstream()
+    gw = make_gateway(app.url, {"reconnect": {"buffer_bytes": "2KiB"}})
+    client = await RawClient.connect(gw.port, "/ws/echo")
+    client.send(client_frame(Opcode.BINARY, b"x" * 3000, fin=False))  # outgrows the 2 KiB retention
+    client.send(client_frame(Opcode.CONTINUATION, b"y" * 100))
+    assert len((await client.read_frame())[2]) == 3100
+    client.send(client_frame(Opcode.TEXT, b"before | ", fin=False))
+    await async_wait_until_metric(
+        gw, "ws_gateway_payload_bytes_total", 3109, labels={"direction": "client_to_upstream"})
+    app.signal(signal.SIGKILL)
+    app.process.wait(timeout=scaled(20))
+    await gw_reconnecting(gw)
+    client.send(client_frame(Opcode.CONTINUATION, b"after"))
+    make_upstream(port=app.port)
+    assert (await client.read_frame(timeout=15))[2] == b"before | after"
+    client.close()
