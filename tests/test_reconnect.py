@@ -271,8 +271,11 @@ async def test_no_reconnect_while_draining(
     gw = make_gateway(app.url, {"drain": {"listener_delay": "3s", "spread": "1s", "timeout": "8s"}})
     async with aiohttp.ClientSession() as http, http.ws_connect(gw.url + "/ws/echo") as ws:
         gw.signal(signal.SIGTERM)
-        async with http.get(gw.admin + "/readyz") as response:
-            assert response.status == 503
+        status, deadline = 200, time.monotonic() + 2  # the signal arrives asynchronously; 3 s listener delay
+        while status != 503 and time.monotonic() < deadline:
+            async with http.get(gw.admin + "/readyz") as response:
+                status = response.status
+        assert status == 503, "the gateway is draining"
         app.signal(signal.SIGKILL)
         msg = await asyncio.wait_for(ws.receive(), scaled(2))
     assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1011)
