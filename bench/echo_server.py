@@ -12,8 +12,8 @@ import sys
 import uvloop
 from aiohttp._websocket.helpers import websocket_mask
 
-from gateway.frames import build_header
-from gateway.handshake import accept_key
+from gateway.core.codec import build_header
+from gateway.core.handshake import accept_key
 
 
 class EchoProtocol(asyncio.Protocol):

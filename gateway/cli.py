@@ -16,7 +16,7 @@ import uvloop
 import yaml
 
 from gateway import __version__
-from gateway.config import ConfigError, GatewayConfig, effective_config, load_config
+from gateway.core.config import ConfigError, GatewayConfig, effective_config, load_config
 from gateway.sessionlog import configure_logging
 
 __all__ = ["main"]

@@ -19,19 +19,23 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from gateway import __version__
-from gateway.closecodes import Cause, CloseCode, Initiator, code_label
+from gateway.core.closecodes import Cause, Initiator, code_label
+from gateway.core.closerules import LegName, known_series
+from gateway.core.replay import OverflowPolicy
+from gateway.reconnect import RECONNECT_SUBPROTOCOL
+from gateway.upstream import ConnectResult
 
 __all__ = ["CONNECT_RESULTS", "DIRECTIONS", "HANDSHAKE_STATUSES", "LEGS", "GatewayMetrics", "TrafficCounters"]
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series double the exposition and no dashboard reads them
 
 PREFIX: Final = "ws_gateway"
-LEGS: Final = ("client", "upstream")
+LEGS: Final = tuple(leg.value for leg in LegName)
 DIRECTIONS: Final = ("client_to_upstream", "upstream_to_client")
 HANDSHAKE_STATUSES: Final = ("400", "403", "404", "426", "431", "500", "502", "503", "504", "other")
 """Bounded ``status`` label values of handshake failures."""
-CONNECT_RESULTS: Final = ("ok", "refused", "error", "timeout", "invalid", "rejected")
-RECONNECT_RESULTS: Final = (*CONNECT_RESULTS, "subprotocol")
+CONNECT_RESULTS: Final = tuple(result.value for result in ConnectResult)
+RECONNECT_RESULTS: Final = (*CONNECT_RESULTS, RECONNECT_SUBPROTOCOL)
 """``result`` of reconnect attempts: the connect results, plus ``subprotocol`` (the new upstream
 chose another subprotocol than the first one)."""
 OUTAGE_BUCKETS: Final = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -39,38 +43,6 @@ OUTAGE_BUCKETS: Final = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 (TCP refused), ``error`` (other socket error), ``timeout``, ``invalid`` (a bad
 handshake answer), ``rejected`` (an HTTP status other than 101)."""
 RTT_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-
-# Closes whose series are exported at 0 from start-up, so rate() and alerts see their very
-# first occurrence: the gateway's own closes as they appear on each leg (the leg that did not
-# fail gets 1001), the app crashing or restarting, clients vanishing, and normal closes.
-_G, _C, _U = Initiator.GATEWAY, Initiator.CLIENT, Initiator.UPSTREAM
-_KNOWN_CLOSES: Final = (
-    ("client", CloseCode.INTERNAL_ERROR, _G, Cause.PING_TIMEOUT),
-    ("client", CloseCode.MESSAGE_TOO_BIG, _G, Cause.MESSAGE_TOO_BIG),
-    ("client", CloseCode.POLICY_VIOLATION, _G, Cause.SLOW_CONSUMER),
-    ("client", CloseCode.SERVICE_RESTART, _G, Cause.SHUTDOWN),
-    ("client", CloseCode.PROTOCOL_ERROR, _G, Cause.PROTOCOL_ERROR),
-    ("upstream", CloseCode.INTERNAL_ERROR, _G, Cause.PING_TIMEOUT),
-    ("upstream", CloseCode.MESSAGE_TOO_BIG, _G, Cause.MESSAGE_TOO_BIG),
-    ("upstream", CloseCode.PROTOCOL_ERROR, _G, Cause.PROTOCOL_ERROR),
-    *(
-        ("upstream", CloseCode.GOING_AWAY, _G, cause)
-        for cause in (Cause.PING_TIMEOUT, Cause.MESSAGE_TOO_BIG, Cause.SLOW_CONSUMER, Cause.SHUTDOWN,
-                      Cause.PROTOCOL_ERROR)
-    ),
-    ("upstream", CloseCode.ABNORMAL, _U, Cause.ABNORMAL),
-    ("client", CloseCode.INTERNAL_ERROR, _U, Cause.ABNORMAL),
-    ("upstream", CloseCode.SERVICE_RESTART, _U, Cause.SHUTDOWN),
-    ("client", CloseCode.SERVICE_RESTART, _U, Cause.SHUTDOWN),
-    ("client", CloseCode.ABNORMAL, _C, Cause.ABNORMAL),
-    ("upstream", CloseCode.GOING_AWAY, _C, Cause.ABNORMAL),
-    ("client", CloseCode.TRY_AGAIN_LATER, _G, Cause.UPSTREAM_UNAVAILABLE),
-    ("client", CloseCode.NORMAL, _C, Cause.NORMAL),
-    ("upstream", CloseCode.NORMAL, _C, Cause.NORMAL),
-    ("client", CloseCode.NORMAL, _U, Cause.NORMAL),
-    ("upstream", CloseCode.NORMAL, _U, Cause.NORMAL),
-)
-
 
 class TrafficCounters(Protocol):
     """What a live session exposes to the scrape-time collector."""
@@ -83,6 +55,10 @@ class TrafficCounters(Protocol):
         """(messages buffered, bytes buffered, reconnecting now)."""
         ...
 
+    def discarded(self) -> tuple[int, int]:
+        """Messages not relayed because they arrived after the session began to close, each way."""
+        ...
+
 
 class _TrafficCollector(Collector):
     """Sums live sessions' integers plus folded totals at scrape time."""
@@ -92,9 +68,12 @@ class _TrafficCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         totals = list(self._owner.folded_traffic)
+        discarded = list(self._owner.folded_discarded)
         for session in self._owner.live_sessions:
             for index, value in enumerate(session.traffic()):
                 totals[index] += value
+            for index, value in enumerate(session.discarded()):
+                discarded[index] += value
         families = (
             ("messages", "Data messages relayed, by direction.", 0),
             ("payload_bytes", "Data-frame payload bytes relayed, by direction.", 1),
@@ -105,6 +84,14 @@ class _TrafficCollector(Collector):
             family.add_metric([DIRECTIONS[0]], totals[offset])
             family.add_metric([DIRECTIONS[1]], totals[offset + 3])
             yield family
+        family = CounterMetricFamily(
+            f"{PREFIX}_discarded_messages",
+            "Data messages not relayed because they arrived after the session began to close, by direction.",
+            labels=["direction"],
+        )
+        family.add_metric([DIRECTIONS[0]], discarded[0])
+        family.add_metric([DIRECTIONS[1]], discarded[1])
+        yield family
         gauge = GaugeMetricFamily(f"{PREFIX}_sessions_open", "Client sessions open now.")
         gauge.add_metric([], len(self._owner.live_sessions))
         yield gauge
@@ -131,6 +118,7 @@ class GatewayMetrics:
         self.registry = registry
         self.live_sessions: set[TrafficCounters] = set()
         self.folded_traffic = [0, 0, 0, 0, 0, 0]
+        self.folded_discarded = [0, 0]
         self._sessions = Counter(f"{PREFIX}_sessions", "Client sessions accepted (upgraded).", registry=registry)
         self._closes = Counter(
             f"{PREFIX}_closes",
@@ -216,7 +204,7 @@ class GatewayMetrics:
             self._ping_timeouts.labels(leg)
             self._oversize.labels(leg)
             self._protocol_errors.labels(leg)
-        for leg, code, initiator, cause in _KNOWN_CLOSES:
+        for leg, code, initiator, cause in known_series():
             self._closes.labels(leg, code_label(code), initiator.value, cause.value)
         for status in HANDSHAKE_STATUSES:
             self._handshake_failures.labels(status)
@@ -224,8 +212,8 @@ class GatewayMetrics:
             self._connects.labels(result)
         for result in RECONNECT_RESULTS:
             self._reconnects.labels(result)
-        for policy in ("close", "drop_oldest"):
-            self._replay_overflows.labels(policy)
+        for policy in OverflowPolicy:
+            self._replay_overflows.labels(policy.value)
 
     def session_opened(self, session: TrafficCounters) -> None:
         """A client upgrade completed; the session's counters become visible."""
@@ -244,6 +232,8 @@ class GatewayMetrics:
         self.live_sessions.discard(session)
         for index, value in enumerate(session.traffic()):
             self.folded_traffic[index] += value
+        for index, value in enumerate(session.discarded()):
+            self.folded_discarded[index] += value
         for leg, code, initiator, cause in legs:
             self._closes.labels(leg, code_label(code), initiator.value, cause.value).inc()
 

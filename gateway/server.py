@@ -28,22 +28,24 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from gateway.closecodes import Cause, CloseCode
-from gateway.config import GatewayConfig, parse_host_port
-from gateway.forwarding import forward_headers, offered_subprotocols
-from gateway.frames import Opcode, build_close_payload, build_frame
-from gateway.handshake import accept_key
+from gateway.core.backoff import Breaker, full_jitter_backoff
+from gateway.core.closecodes import CloseCode
+from gateway.core.closerules import Event
+from gateway.core.codec import Opcode, build_close_payload, build_frame
+from gateway.core.config import GatewayConfig, Refusal, parse_host_port
+from gateway.core.forwarding import forward_headers, offered_subprotocols
+from gateway.core.handshake import accept_key
+from gateway.core.targets import TargetPool
+from gateway.flow import WriteFlow
 from gateway.metrics import GatewayMetrics
-from gateway.reconnect import Reopen, UpstreamRecovery
-from gateway.session import Session, WriteFlow
-from gateway.targets import TargetPool
-from gateway.upstream import UpstreamConnection, UpstreamRefused, UpstreamUnavailable, connect_any
+from gateway.reconnect import Reopen
+from gateway.session import Recovery, Session
+from gateway.upstream import ConnectResult, UpstreamConnection, UpstreamRefused, UpstreamUnavailable, connect_any
 
 __all__ = ["Gateway", "run_gateway"]
 
 logger = logging.getLogger("gateway.server")
 
-GATEWAY_KEY: Final = web.AppKey("gateway", object)
 SESSION_ID_HEADER: Final = "X-Gateway-Session-Id"
 """Sent upstream on every handshake of a session, so the app can restore per-connection state."""
 RECONNECT_HEADER: Final = "X-Gateway-Reconnect"
@@ -175,13 +177,13 @@ class Gateway:
             self.metrics.handshake_failed(504)
             return _refuse(504, "the upstream did not complete the handshake in time"), None
         except UpstreamUnavailable as exc:
-            status = 504 if exc.result == "timeout" else 502
+            status = 504 if exc.result is ConnectResult.TIMEOUT else 502
             self.metrics.handshake_failed(status)
             logger.warning("upstream unavailable for %s: %s", request.path, exc)
             return _refuse(status, f"upstream unavailable: {exc}"), None
         except UpstreamRefused as exc:
             self.metrics.handshake_failed(exc.status)
-            if client_config.refusal == "close":
+            if client_config.refusal is Refusal.CLOSE:
                 return await self._accept_and_close(request, exc.status), None
             return _refuse(exc.status, f"upstream refused the WebSocket upgrade with HTTP {exc.status}"), None
         finally:
@@ -199,14 +201,16 @@ class Gateway:
             client_config,
             self.config.upstream,
         )
-        if self.config.reconnect.enabled:
-            session.recovery = UpstreamRecovery(
-                session,
-                self.config.reconnect,
-                self._reopener(session, request.raw_path, upstream_headers, offered),
-                upstream.subprotocol,
+        reconnect = self.config.reconnect
+        if reconnect.enabled:
+            session.recovery = Recovery(
+                config=reconnect,
+                reopen=self._reopener(session, request.raw_path, upstream_headers, offered),
+                subprotocol=upstream.subprotocol,
+                delays=lambda: full_jitter_backoff(reconnect.initial_backoff, reconnect.max_backoff),
+                breaker=Breaker(reconnect.max_reconnects, reconnect.breaker_window),
+                allowed=not self.draining,
             )
-            session.recovery.allowed = not self.draining
         session.target = target
         self.pool.opened(target)
         client_protocol = request.protocol
@@ -310,7 +314,6 @@ class Gateway:
         """Bind the traffic and admin listeners."""
         client = self.config.client
         traffic = web.Application(client_max_size=1024)
-        traffic[GATEWAY_KEY] = self
         traffic.router.add_route("*", "/{tail:.*}", self.handle)
         admin = web.Application()
         admin.router.add_get("/metrics", make_aiohttp_handler(self.metrics.registry))
@@ -367,9 +370,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
         for index, session in enumerate(sessions):
             delay = drain.spread * index / len(sessions)
-            loop.call_later(
-                delay, session.close_by_gateway, Cause.SHUTDOWN, CloseCode.SERVICE_RESTART, "gateway shutting down"
-            )
+            loop.call_later(delay, session.close_by_gateway, Event.SHUTDOWN)
         waiting = [asyncio.shield(s.done) for s in sessions]
         if waiting:
             await asyncio.wait(waiting, timeout=max(0.0, deadline - time.monotonic() - 0.5))

@@ -29,8 +29,11 @@ class SessionRecord:
     path: str
     client_code: int
     client_reason: str
+    client_close: str
+    """The client leg's closing handshake as a sentence ("sent 1011 (internal error) ...; no close frame received")."""
     upstream_code: int
     upstream_reason: str
+    upstream_close: str
     initiator: str
     cause: str
     duration: float
@@ -40,6 +43,8 @@ class SessionRecord:
     messages_out: int
     """Messages from the upstream to the client."""
     bytes_out: int
+    discarded: int = 0
+    """Data messages that arrived after the session began to close and were not relayed."""
     reconnects: int = 0
     """Upstream losses this session survived."""
     outage_seconds: float = 0.0

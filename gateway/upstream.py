@@ -15,12 +15,13 @@ Exceptions::
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, cast
 
-from gateway.handshake import (
+from gateway.core.handshake import (
     MAX_RESPONSE_HEAD,
     HandshakeError,
     UpgradeResponse,
@@ -29,9 +30,10 @@ from gateway.handshake import (
     new_key,
     parse_upgrade_response,
 )
-from gateway.targets import Target, TargetPool
+from gateway.core.targets import Target, TargetPool
 
 __all__ = [
+    "ConnectResult",
     "UpstreamConnection",
     "UpstreamError",
     "UpstreamProtocol",
@@ -44,6 +46,23 @@ __all__ = [
 _HEAD_END: Final = b"\r\n\r\n"
 
 
+class ConnectResult(enum.Enum):
+    """How an upstream connection attempt ended: the ``result`` label of the connect metrics."""
+
+    OK = "ok"
+    """101 Switching Protocols."""
+    REFUSED = "refused"
+    """TCP connection refused (nothing listens)."""
+    ERROR = "error"
+    """Another socket error, or the connection closed during the handshake."""
+    TIMEOUT = "timeout"
+    """No complete handshake within the time allowed."""
+    INVALID = "invalid"
+    """An answer that is not a valid WebSocket handshake."""
+    REJECTED = "rejected"
+    """An HTTP status other than 101."""
+
+
 class UpstreamError(Exception):
     """The upstream leg could not be opened."""
 
@@ -51,7 +70,7 @@ class UpstreamError(Exception):
 class UpstreamUnavailable(UpstreamError):
     """No WebSocket could be opened upstream; ``result`` is the metric label."""
 
-    def __init__(self, result: str, message: str) -> None:
+    def __init__(self, result: ConnectResult, message: str) -> None:
         super().__init__(message)
         self.result = result
 
@@ -107,7 +126,7 @@ class UpstreamProtocol(asyncio.Protocol):
             self._buffer.clear()
             self.head.set_result((head, rest))
         elif len(self._buffer) > MAX_RESPONSE_HEAD:
-            self.head.set_exception(UpstreamUnavailable("invalid", "upstream response head is too large"))
+            self.head.set_exception(UpstreamUnavailable(ConnectResult.INVALID, "upstream response head is too large"))
 
     def eof_received(self) -> bool:
         return False
@@ -116,7 +135,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self._lost = True
         if self.head is not None and not self.head.done():
             self.head.set_exception(
-                UpstreamUnavailable("error", "upstream closed the connection during the handshake")
+                UpstreamUnavailable(ConnectResult.ERROR, "upstream closed the connection during the handshake")
             )
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_exception(ConnectionResetError("upstream connection lost"))
@@ -198,9 +217,13 @@ async def connect_upstream(
             try:
                 transport, protocol = await loop.create_connection(UpstreamProtocol, target.host, target.port)
             except ConnectionRefusedError:
-                raise UpstreamUnavailable("refused", f"upstream {target.address} refused the connection") from None
+                raise UpstreamUnavailable(
+                    ConnectResult.REFUSED, f"upstream {target.address} refused the connection"
+                ) from None
             except OSError as exc:
-                raise UpstreamUnavailable("error", f"cannot connect to upstream: {exc.strerror or exc}") from None
+                raise UpstreamUnavailable(
+                    ConnectResult.ERROR, f"cannot connect to upstream: {exc.strerror or exc}"
+                ) from None
             key = new_key()
             extra = list(headers)
             if offered_protocols:
@@ -212,7 +235,7 @@ async def connect_upstream(
         if transport is not None:
             transport.abort()
         raise UpstreamUnavailable(
-            "timeout", f"upstream {target.address} did not complete the handshake within {timeout:.3g}s"
+            ConnectResult.TIMEOUT, f"upstream {target.address} did not complete the handshake within {timeout:.3g}s"
         ) from None
     except BaseException:
         if transport is not None:
@@ -226,7 +249,7 @@ async def connect_upstream(
         subprotocol = check_accept(response, key, offered_protocols)
     except HandshakeError as exc:
         transport.abort()
-        raise UpstreamUnavailable("invalid", f"invalid upstream handshake: {exc}") from None
+        raise UpstreamUnavailable(ConnectResult.INVALID, f"invalid upstream handshake: {exc}") from None
     return UpstreamConnection(transport, protocol, subprotocol, rest)
 
 
@@ -265,21 +288,23 @@ async def connect_any(
             try:
                 connection = await connect_upstream(target, path, headers, offered_protocols, remaining)
             except UpstreamUnavailable as exc:
-                report(exc.result)
+                report(exc.result.value)
                 pool.failed(target)
                 # Keep the most telling failure: an attempt cut short by our own deadline says
                 # less than an earlier refusal or bad answer (502 rather than 504).
-                if last is None or exc.result != "timeout":
+                if last is None or exc.result is not ConnectResult.TIMEOUT:
                     last = exc
                 continue
             except UpstreamRefused:
-                report("rejected")
+                report(ConnectResult.REJECTED.value)
                 pool.succeeded(target)
                 raise
-            report("ok")
+            report(ConnectResult.OK.value)
             pool.succeeded(target)
             return connection, target
         remaining = deadline - time.monotonic()
         if remaining <= 0 or not wait:
-            raise last or UpstreamUnavailable("timeout", f"no upstream answered within {connect_timeout:g}s")
+            raise last or UpstreamUnavailable(
+                ConnectResult.TIMEOUT, f"no upstream answered within {connect_timeout:g}s"
+            )
         await asyncio.sleep(min(_RETRY_PAUSE, remaining))

@@ -272,6 +272,25 @@ class RawClient:
             payload = await self.reader.readexactly(length)
         return bool(b0 & 0x80), b0 & 0x0F, payload
 
+    async def read_message(self, timeout: float = 10) -> tuple[int, bytes]:
+        """(opcode, payload) of the next data message, its fragments joined; control frames are skipped.
+
+        The gateway may re-head a frame it forwards as several fragments (every write ends on a
+        frame boundary), so tests about messages read messages, not frames.
+        """
+        opcode, parts = -1, []
+        while True:
+            fin, op, payload = await self.read_frame(timeout)
+            if op >= 0x8:
+                if op == 0x8:
+                    raise AssertionError(f"close frame {payload!r} before the end of a message")
+                continue
+            if opcode < 0:
+                opcode = op
+            parts.append(payload)
+            if fin:
+                return opcode, b"".join(parts)
+
     async def read_until_close(self, timeout: float = 10) -> tuple[int, str, list[tuple[bool, int, bytes]]]:
         """Read frames until a close frame; return its code, reason and the frames before it."""
         seen: list[tuple[bool, int, bytes]] = []

@@ -47,7 +47,6 @@ class MessageBuffer:
         max_messages: most messages held.
         max_bytes: most bytes (frame bytes, headers included) held.
         policy: what to do when a message does not fit.
-        skip_bytes: bytes still to come of a frame that was being forwarded when the outage began.
         skip_message: True if the outage began inside a message: its remaining frames are dropped.
     """
 
@@ -57,7 +56,6 @@ class MessageBuffer:
         max_bytes: int,
         policy: OverflowPolicy,
         *,
-        skip_bytes: int = 0,
         skip_message: bool = False,
     ) -> None:
         self.max_messages = max_messages
@@ -70,14 +68,13 @@ class MessageBuffer:
         self.overflows = 0
         self._pending = bytearray()
         """Bytes of the message being received (whole frames and a partial one)."""
-        self._frame_left = skip_bytes
-        self._skipping = skip_message or skip_bytes > 0
+        self._frame_left = 0
+        self._skipping = skip_message
         self._fin = False
         self._header = bytearray()
         self._priming = False
         if self._skipping:
             self.dropped_messages += 1
-            self._fin = not skip_message
 
     def feed(self, data: bytes) -> None:
         """Take forwarded bytes; complete messages are queued.

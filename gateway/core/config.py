@@ -12,6 +12,7 @@ what is allowed. ``config/gateway.yaml`` documents every key shown here.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import ipaddress
 import os
 from collections.abc import Callable, Mapping
@@ -21,7 +22,9 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from gateway.units import format_duration, format_size, parse_duration, parse_size
+from gateway.core.replay import OverflowPolicy
+from gateway.core.targets import Selection
+from gateway.core.units import format_duration, format_size, parse_duration, parse_size
 
 __all__ = [
     "ClientConfig",
@@ -31,6 +34,7 @@ __all__ = [
     "LegConfig",
     "ProxyConfig",
     "ReconnectConfig",
+    "Refusal",
     "UpstreamConfig",
     "effective_config",
     "load_config",
@@ -39,7 +43,15 @@ __all__ = [
 
 ENV_PREFIX: Final = "GATEWAY_"
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
-REFUSAL_MODES: Final = ("status", "close")
+
+
+class Refusal(enum.Enum):
+    """How an upstream's refusal of the upgrade reaches the client (``client.refusal``)."""
+
+    STATUS = "status"
+    """The same HTTP status (browsers only see a failed connection)."""
+    CLOSE = "close"
+    """The upgrade is accepted and closed with 4000 + status, so browsers can see why."""
 
 
 class ConfigError(Exception):
@@ -82,9 +94,8 @@ class ClientConfig(LegConfig):
     """Seconds a client may stay behind (buffer full) before it is closed with 1008."""
     close_timeout: float
     """Seconds to wait for a peer's close frame or TCP close after sending ours."""
-    refusal: str
-    """``status``: an upstream handshake refusal reaches the client as the same HTTP
-    status; ``close``: the upgrade is accepted and closed with 4000 + status."""
+    refusal: Refusal
+    """How an upstream handshake refusal reaches the client."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +106,8 @@ class UpstreamConfig(LegConfig):
     """``ws://host:port`` (or several); the client's path and query are appended."""
     connect_timeout: float
     """Seconds to open the TCP connection and finish the upstream handshake (all targets tried)."""
-    selection: str
-    """With several URLs: ``round_robin`` or ``least_sessions``."""
+    selection: Selection
+    """With several URLs: which target a new session tries first."""
     cooldown: float
     """Seconds a target that failed to connect is tried only after the others."""
 
@@ -150,7 +161,7 @@ class ReconnectConfig:
     """Client messages held during an outage."""
     buffer_bytes: int
     """Bytes of client messages held during an outage."""
-    overflow: str
+    overflow: OverflowPolicy
     """``close``: a full buffer closes the client with 1013; ``drop_oldest``: oldest messages are dropped."""
     notify_loss: str
     """Opt-in text message sent to the client when its upstream is lost ("" = none); {session_id} is filled."""
@@ -226,6 +237,17 @@ def _template(fields: tuple[str, ...]) -> _Parser:
 
 def _optional_duration(value: object) -> float | None:
     return None if value is None else _positive_duration(value)
+
+
+def _enum_choice(kind: type[enum.Enum]) -> _Parser:
+    def parse(value: object) -> enum.Enum:
+        text = str(value).lower()
+        for member in kind:
+            if member.value == text:
+                return member
+        raise ValueError(f"expected one of {', '.join(str(m.value) for m in kind)}")
+
+    return parse
 
 
 def _choice(options: tuple[str, ...]) -> _Parser:
@@ -327,12 +349,12 @@ SCHEMA: Final[dict[str, Any]] = {
         "allowed_origins": ([], _origins),
         "slow_consumer_timeout": ("30s", _positive_duration),
         "close_timeout": ("5s", _positive_duration),
-        "refusal": ("status", _choice(REFUSAL_MODES)),
+        "refusal": ("status", _enum_choice(Refusal)),
     },
     "upstream": {
         "url": ("ws://127.0.0.1:8000", _ws_urls),
         "connect_timeout": ("5s", _positive_duration),
-        "selection": ("round_robin", _choice(("round_robin", "least_sessions"))),
+        "selection": ("round_robin", _enum_choice(Selection)),
         "cooldown": ("5s", parse_duration),
         **_leg_schema("20s", "16MiB"),
     },
@@ -350,7 +372,7 @@ SCHEMA: Final[dict[str, Any]] = {
         "breaker_window": ("60s", _positive_duration),
         "buffer_messages": (1000, _positive_int),
         "buffer_bytes": ("1MiB", _positive_size),
-        "overflow": ("close", _choice(("close", "drop_oldest"))),
+        "overflow": ("close", _enum_choice(OverflowPolicy)),
         "notify_loss": ("", _template(("session_id",))),
         "notify_resume": ("", _template(("session_id", "outage_ms", "replayed"))),
     },
@@ -500,6 +522,8 @@ def load_config(
 
 
 def _human(value: Any, key: str) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
     if isinstance(value, float) and key not in ("max_sessions",):
         return format_duration(value)
     if isinstance(value, int) and not isinstance(value, bool) and key.endswith(("_size", "_buffered", "_bytes")):

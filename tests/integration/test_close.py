@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import aiohttp
 
-from gateway.frames import Opcode, build_close_payload
+from gateway.core.codec import Opcode, build_close_payload
 from tests.support import GatewayProcess, RawClient, Upstream, client_frame, scaled
 
 

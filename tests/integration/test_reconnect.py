@@ -285,7 +285,7 @@ async def test_different_subprotocol_after_reconnect_closes_client(
     make_gateway: Callable[..., GatewayProcess],
 ) -> None:
     """If the reconnected upstream picks another subprotocol, the client is closed with 1011 saying so."""
-    from gateway.handshake import accept_key
+    from gateway.core.handshake import accept_key
 
     answers = iter(["chat.v1", "chat.v2"])
 
@@ -392,7 +392,7 @@ async def test_fragmented_message_cut_by_the_outage_is_resent_whole(
     make_gateway: Callable[..., GatewayProcess], make_upstream: Callable[..., Upstream]
 ) -> None:
     """First fragment before the kill, last fragment during the outage: the new upstream gets the whole message."""
-    from gateway.frames import Opcode
+    from gateway.core.codec import Opcode
     from tests.support import RawClient, client_frame
 
     app = make_upstream()
@@ -417,7 +417,7 @@ async def test_retention_recovers_after_a_message_too_large_to_keep(
     make_gateway: Callable[..., GatewayProcess], make_upstream: Callable[..., Upstream]
 ) -> None:
     """A fragmented message larger than buffer_bytes is not kept, but the next cut message is re-sent whole."""
-    from gateway.frames import Opcode
+    from gateway.core.codec import Opcode
     from tests.support import RawClient, client_frame
 
     app = make_upstream()
@@ -425,7 +425,7 @@ async def test_retention_recovers_after_a_message_too_large_to_keep(
     client = await RawClient.connect(gw.port, "/ws/echo")
     client.send(client_frame(Opcode.BINARY, b"x" * 3000, fin=False))  # outgrows the 2 KiB retention
     client.send(client_frame(Opcode.CONTINUATION, b"y" * 100))
-    assert len((await client.read_frame())[2]) == 3100
+    assert len((await client.read_message())[1]) == 3100
     client.send(client_frame(Opcode.TEXT, b"before | ", fin=False))
     await async_wait_until_metric(
         gw, "ws_gateway_payload_bytes_total", 3109, labels={"direction": "client_to_upstream"})

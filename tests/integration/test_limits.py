@@ -8,7 +8,7 @@ from collections.abc import Callable
 import aiohttp
 import pytest
 
-from gateway.frames import Opcode
+from gateway.core.codec import Opcode
 from tests.support import HOST, GatewayProcess, RawClient, Upstream, client_frame, free_port, scaled
 
 

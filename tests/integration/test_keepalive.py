@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import aiohttp
 
-from gateway.frames import Opcode
+from gateway.core.codec import Opcode
 from tests.support import GatewayProcess, RawClient, Upstream, client_frame, scaled
 
 FAST_PINGS = {"ping_interval": "300ms", "ping_timeout": "600ms", "ping_jitter": "100ms"}

@@ -9,27 +9,7 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway.targets import TargetPool
 from tests.support import GatewayProcess, Upstream, free_port, read_request_info, request_headers
-
-
-def test_round_robin_and_least_sessions_order() -> None:
-    """Round-robin rotates the first choice; least-sessions prefers the emptiest target."""
-    pool = TargetPool(("ws://127.0.0.1:1", "ws://127.0.0.1:2", "ws://127.0.0.1:3"), "round_robin", 5)
-    firsts = [pool.candidates()[0].port for _ in range(4)]
-    assert firsts == [1, 2, 3, 1]
-    least = TargetPool(("ws://127.0.0.1:1", "ws://127.0.0.1:2"), "least_sessions", 5)
-    least.opened(least.targets[0])
-    assert least.candidates()[0].port == 2
-
-
-def test_failed_target_is_tried_last_during_cooldown() -> None:
-    """A target that failed to connect goes to the end of the order until its cool-down ends."""
-    pool = TargetPool(("ws://127.0.0.1:1", "ws://127.0.0.1:2"), "least_sessions", 60)
-    pool.failed(pool.targets[0])
-    assert [t.port for t in pool.candidates()] == [2, 1]
-    pool.succeeded(pool.targets[0])
-    assert [t.port for t in pool.candidates()] == [1, 2]
 
 
 async def first_host(url: str) -> str:

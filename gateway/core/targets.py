@@ -8,11 +8,12 @@ and counts the sessions on each. Pure bookkeeping, no sockets.
 
 from __future__ import annotations
 
+import enum
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-__all__ = ["Target", "TargetPool"]
+__all__ = ["Selection", "Target", "TargetPool"]
 
 
 @dataclass(slots=True, eq=False)
@@ -37,16 +38,25 @@ class Target:
         return f"{self.host}:{self.port}"
 
 
+class Selection(enum.Enum):
+    """How new sessions are spread over several targets (``upstream.selection``)."""
+
+    ROUND_ROBIN = "round_robin"
+    """Each new session starts with the next target in turn."""
+    LEAST_SESSIONS = "least_sessions"
+    """Each new session starts with the target holding the fewest sessions."""
+
+
 class TargetPool:
     """Chooses targets for connection attempts.
 
     Args:
         urls: the upstream URLs, in configuration order.
-        selection: ``round_robin`` or ``least_sessions``.
+        selection: how the first target of each attempt is chosen.
         cooldown: seconds a target that failed to connect is tried only after the others.
     """
 
-    def __init__(self, urls: tuple[str, ...], selection: str, cooldown: float) -> None:
+    def __init__(self, urls: tuple[str, ...], selection: Selection, cooldown: float) -> None:
         self.targets = [Target.from_url(url) for url in urls]
         self.selection = selection
         self.cooldown = cooldown
@@ -56,7 +66,7 @@ class TargetPool:
         """Targets in the order to try them: available ones by the selection rule, cooling ones last."""
         now = time.monotonic()
         count = len(self.targets)
-        if self.selection == "least_sessions":
+        if self.selection is Selection.LEAST_SESSIONS:
             ordered = sorted(self.targets, key=lambda t: t.sessions)
         else:
             start = self._next % count

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.config import ConfigError, effective_config, load_config
-from gateway.units import parse_duration, parse_size
+from gateway.core.config import ConfigError, effective_config, load_config
+from gateway.core.units import parse_duration, parse_size
 from tests.support import ROOT
 
 DOCUMENTED = ROOT / "config" / "gateway.yaml"

@@ -8,8 +8,8 @@ from collections.abc import Callable
 import aiohttp
 import pytest
 
-from gateway.frames import Opcode
-from gateway.handshake import accept_key
+from gateway.core.codec import Opcode
+from gateway.core.handshake import accept_key
 from tests.support import HOST, GatewayProcess, Upstream, client_frame, free_port, scaled
 
 

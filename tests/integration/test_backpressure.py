@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from tests.integration.test_sizes import peak_rss_kib
 from tests.support import GatewayProcess, RawClient, Upstream
-from tests.test_sizes import peak_rss_kib
 
 
 async def test_client_that_stops_reading_is_bounded_then_closed(
@@ -36,8 +36,8 @@ async def test_slow_but_reading_client_gets_everything(
     client = await RawClient.connect(gw.port, "/ws/flood?count=300&size=20000")
     received = 0
     while received < 300:
-        fin, opcode, payload = await client.read_frame()
-        assert (fin, opcode, len(payload)) == (True, 2, 20000)
+        opcode, payload = await client.read_message()
+        assert (opcode, len(payload)) == (2, 20000)
         received += 1
     client.close()
     line = (await gw.wait_session_log(1))[0]

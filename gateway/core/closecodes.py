@@ -21,6 +21,7 @@ __all__ = [
     "Initiator",
     "cause_for_code",
     "code_label",
+    "explain_code",
     "is_valid_wire_code",
     "wire_code",
 ]
@@ -170,3 +171,30 @@ def code_label(code: int) -> str:
     if 4000 <= code <= 4999:
         return "4xxx"
     return "other"
+
+
+_EXPLANATIONS: Final[dict[int, str]] = {
+    CloseCode.NORMAL: "normal closure",
+    CloseCode.GOING_AWAY: "going away",
+    CloseCode.PROTOCOL_ERROR: "protocol error",
+    CloseCode.UNSUPPORTED_DATA: "unsupported data",
+    CloseCode.NO_STATUS: "no status code",
+    CloseCode.ABNORMAL: "connection closed abnormally",
+    CloseCode.INVALID_DATA: "invalid frame payload data",
+    CloseCode.POLICY_VIOLATION: "policy violation",
+    CloseCode.MESSAGE_TOO_BIG: "message too big",
+    CloseCode.MANDATORY_EXTENSION: "mandatory extension",
+    CloseCode.INTERNAL_ERROR: "internal error",
+    CloseCode.SERVICE_RESTART: "service restart",
+    CloseCode.TRY_AGAIN_LATER: "try again later",
+    CloseCode.BAD_GATEWAY: "bad gateway",
+    CloseCode.TLS_HANDSHAKE: "TLS handshake failure",
+}
+
+
+def explain_code(code: int) -> str:
+    """A few words for ``code``, as logs show it: ``"1011 (internal error)"``."""
+    words = _EXPLANATIONS.get(code)
+    if words is None:
+        words = "registered" if 3000 <= code <= 3999 else "private use" if 4000 <= code <= 4999 else "unknown"
+    return f"{code} ({words})"

@@ -6,8 +6,8 @@ import ipaddress
 
 import pytest
 
-from gateway.forwarding import forward_headers, offered_subprotocols
-from gateway.handshake import HandshakeError, UpgradeResponse, accept_key, check_accept, parse_upgrade_response
+from gateway.core.forwarding import forward_headers, offered_subprotocols
+from gateway.core.handshake import HandshakeError, UpgradeResponse, accept_key, check_accept, parse_upgrade_response
 
 TRUSTED = (ipaddress.ip_network("10.0.0.0/8"),)
 

@@ -7,9 +7,10 @@ import random
 
 import pytest
 
-from gateway.backoff import full_jitter_backoff, retryable_close
-from gateway.frames import FrameScanner, Opcode
-from gateway.replay import MessageBuffer, Overflow, OverflowPolicy
+from gateway.core.backoff import Breaker, full_jitter_backoff, worth_retrying
+from gateway.core.codec import Opcode
+from gateway.core.replay import MessageBuffer, Overflow, OverflowPolicy
+from gateway.core.scanner import FrameScanner
 from tests.support import client_frame
 
 
@@ -43,10 +44,10 @@ def test_message_still_arriving_is_replayed_after_whole_ones() -> None:
 
 
 def test_message_cut_by_the_outage_is_skipped_and_counted() -> None:
-    """Started in skip mode (mid-frame, mid-message), the cut message is dropped; the next one is kept."""
-    cut_rest = b"x" * 10 + client_frame(Opcode.CONTINUATION, b"tail")
+    """Started in skip mode (mid-message), the cut message is dropped; the next one is kept."""
+    cut_rest = client_frame(Opcode.CONTINUATION, b"more", fin=False) + client_frame(Opcode.CONTINUATION, b"tail")
     after = client_frame(Opcode.TEXT, b"after")
-    buffer = MessageBuffer(10, 1 << 20, OverflowPolicy.CLOSE, skip_bytes=10, skip_message=True)
+    buffer = MessageBuffer(10, 1 << 20, OverflowPolicy.CLOSE, skip_message=True)
     buffer.feed(cut_rest + after)
     assert list(buffer.messages) == [after]
     assert buffer.dropped_messages == 1
@@ -82,8 +83,11 @@ def test_buffer_accepts_the_scanners_fragmented_output() -> None:
     collected = bytearray()
 
     class Sink:
-        def forward(self, data: bytes, at_boundary: bool) -> None:
+        def forward(self, data: bytes) -> None:
             collected.extend(data)
+
+        def forward_frame(self, header: bytes, payload: bytes) -> None:
+            collected.extend(header + payload)
 
     FrameScanner(Sink(), expect_masked=True, max_message_size=1 << 20, max_frame_size=1000).feed(  # type: ignore[arg-type]
         client_frame(Opcode.BINARY, b"z" * 5000))
@@ -101,13 +105,22 @@ def test_backoff_full_jitter_and_cap() -> None:
     assert len(set(delays[1:])) > 5, "jittered, not constant"
 
 
-def test_retryable_close() -> None:
-    """No close frame and listed codes are retried; others (1000, app codes) are relayed."""
-    codes = frozenset({1001, 1011, 1012})
-    assert retryable_close(None, codes)
-    assert retryable_close(1012, codes)
-    assert not retryable_close(1000, codes)
-    assert not retryable_close(4001, codes)
+def test_worth_retrying_is_the_one_retry_decision() -> None:
+    """Listed codes are retried; no close frame only when 1006 is listed; others (1000, app codes) are relayed."""
+    codes = frozenset({1001, 1006, 1011, 1012})
+    assert worth_retrying(None, codes)
+    assert not worth_retrying(None, frozenset({1012}))
+    assert worth_retrying(1012, codes)
+    assert not worth_retrying(1000, codes)
+    assert not worth_retrying(4001, codes)
+
+
+def test_breaker_trips_past_its_limit_within_the_window() -> None:
+    """Three losses survive a limit of 3 in 60 s; the fourth trips it; old losses fall out of the window."""
+    breaker = Breaker(3, 60.0)
+    assert [breaker.record_loss(t) for t in (0.0, 1.0, 2.0, 3.0)] == [False, False, False, True]
+    assert not Breaker(3, 60.0).record_loss(0.0)
+    assert breaker.record_loss(200.0) is False and breaker.losses == 1
 
 
 def test_primed_message_is_replayed_whole() -> None:

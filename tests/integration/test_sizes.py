@@ -8,7 +8,7 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway.frames import Opcode
+from gateway.core.codec import Opcode
 from tests.support import GatewayProcess, RawClient, Upstream, client_frame, scaled
 
 
@@ -57,15 +57,16 @@ async def test_upstream_message_over_limit_closes_upstream_with_1009(
 async def test_large_message_reaches_client_as_fragments(
     make_gateway: Callable[..., GatewayProcess], upstream: Upstream
 ) -> None:
-    """With client.max_frame_size 16KiB, a 50,000-byte app message arrives as FIN=0 fragments then FIN=1."""
+    """With client.max_frame_size 16KiB, a 50,000-byte app message arrives as fragments of at most 16 KiB."""
     gw = make_gateway(upstream.url, {"client": {"max_frame_size": "16KiB"}})
     client = await RawClient.connect(gw.port, "/ws/big?size=50000")
     frames = []
     while not frames or not frames[-1][0]:
         frames.append(await client.read_frame())
-    assert [(fin, op, len(p)) for fin, op, p in frames] == [
-        (False, Opcode.BINARY, 16384), (False, Opcode.CONTINUATION, 16384), (False, Opcode.CONTINUATION, 16384),
-        (True, Opcode.CONTINUATION, 848)]
+    # Fragments end at 16 KiB or earlier, where a read from the app ended (every write is whole frames).
+    assert len(frames) >= 4 and all(len(p) <= 16384 for _, _, p in frames)
+    assert frames[0][1] == Opcode.BINARY and all(op == Opcode.CONTINUATION for _, op, _ in frames[1:])
+    assert [fin for fin, _, _ in frames].count(True) == 1
     assert b"".join(p for _, _, p in frames) == b"b" * 50000
     client.close()
     assert await gw.metric("ws_gateway_fragmented_messages_total", direction="upstream_to_client") == 1
@@ -77,10 +78,10 @@ async def test_fragments_to_upstream_and_interleaved_control_frames(
     """uvicorn reassembles the gateway's fragments; a client's own fragments with a ping between pass too."""
     gw = make_gateway(upstream.url, {"upstream": {"max_frame_size": "16KiB"}})
     client = await RawClient.connect(gw.port, "/ws/big?size=1")
-    await client.read_frame()
+    await client.read_message()
     payload = os.urandom(100_000)
     client.send(client_frame(Opcode.BINARY, payload))
-    assert (await client.read_frame())[2] == b"100000"
+    assert (await client.read_message())[1] == b"100000"
     client.send(client_frame(Opcode.BINARY, payload[:70_000], fin=False))
     client.send(client_frame(Opcode.PING, b"mid-message"))
     client.send(client_frame(Opcode.CONTINUATION, payload[70_000:], fin=True))

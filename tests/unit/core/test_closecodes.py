@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from gateway.closecodes import CODE_LABELS, Cause, CloseCode, cause_for_code, code_label, is_valid_wire_code, wire_code
+from gateway.core.closecodes import (
+    CODE_LABELS,
+    Cause,
+    CloseCode,
+    cause_for_code,
+    code_label,
+    is_valid_wire_code,
+    wire_code,
+)
 
 
 def test_reserved_codes_never_reach_the_wire() -> None:

@@ -1,0 +1,13 @@
+"""The pure core of ws-gateway: no sockets, no event loop, no clock of its own.
+
+Modules: :mod:`~gateway.core.codec` (frame encoding), :mod:`~gateway.core.scanner`
+(the frame-level relay walker), :mod:`~gateway.core.closecodes` and
+:mod:`~gateway.core.closerules` (close codes, and the close table as data),
+:mod:`~gateway.core.closing` (one leg's closing handshake),
+:mod:`~gateway.core.handshake` (the upstream upgrade request and response),
+:mod:`~gateway.core.forwarding` (which headers go upstream),
+:mod:`~gateway.core.replay` (the replay buffer), :mod:`~gateway.core.backoff`
+(retry decision, backoff, breaker), :mod:`~gateway.core.targets` (upstream
+targets), :mod:`~gateway.core.config` and :mod:`~gateway.core.units`.
+Nothing here imports the asyncio layer above it.
+"""

@@ -1,0 +1,131 @@
+"""Socket-free WebSocket frame codec: opcodes, headers, whole frames, close bodies (RFC 6455 5).
+
+Everything here is a pure function of its arguments; the relay's frame walker
+is :mod:`gateway.core.scanner`.
+
+Exceptions::
+
+    ProtocolViolation   a peer broke RFC 6455; carries the close code to answer with
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import struct
+from typing import Final
+
+from aiohttp._websocket.helpers import websocket_mask
+
+from gateway.core.closecodes import CloseCode, is_valid_wire_code
+
+__all__ = [
+    "CONTROL_OPCODES",
+    "MAX_CONTROL_PAYLOAD",
+    "PACK_16",
+    "PACK_64",
+    "Opcode",
+    "ProtocolViolation",
+    "build_close_payload",
+    "build_frame",
+    "build_header",
+    "mask_payload",
+    "parse_close_payload",
+]
+
+MAX_CONTROL_PAYLOAD: Final = 125
+"""Control frames carry at most 125 payload bytes (RFC 6455 section 5.5)."""
+
+_MAX_CLOSE_REASON: Final = MAX_CONTROL_PAYLOAD - 2
+
+
+class Opcode(enum.IntEnum):
+    """Frame opcodes defined by RFC 6455 section 5.2."""
+
+    CONTINUATION = 0x0
+    TEXT = 0x1
+    BINARY = 0x2
+    CLOSE = 0x8
+    PING = 0x9
+    PONG = 0xA
+
+
+CONTROL_OPCODES: Final = frozenset({Opcode.CLOSE, Opcode.PING, Opcode.PONG})
+PACK_16: Final = struct.Struct("!H")
+PACK_64: Final = struct.Struct("!Q")
+
+
+def mask_payload(mask_key: bytes, payload: bytes) -> bytes:
+    """Return ``payload`` masked (or unmasked) with ``mask_key`` (RFC 6455 5.3)."""
+    data = bytearray(payload)
+    websocket_mask(mask_key, data)
+    return bytes(data)
+
+
+def build_header(fin: bool, opcode: int, length: int, mask_key: bytes | None) -> bytes:
+    """Encode a frame header with the shortest length form (RFC 6455 5.2).
+
+    Args:
+        fin: whether this frame ends its message.
+        opcode: the frame opcode.
+        length: payload length in bytes.
+        mask_key: four-byte masking key, or None for an unmasked frame.
+    """
+    first = (0x80 if fin else 0x00) | opcode
+    mask_bit = 0x80 if mask_key is not None else 0x00
+    if length < 126:
+        header = bytes((first, mask_bit | length))
+    elif length < 0x10000:
+        header = bytes((first, mask_bit | 126)) + PACK_16.pack(length)
+    else:
+        header = bytes((first, mask_bit | 127)) + PACK_64.pack(length)
+    if mask_key is not None:
+        header += mask_key
+    return header
+
+
+def build_frame(opcode: int, payload: bytes, *, masked: bool, fin: bool = True) -> bytes:
+    """Encode a whole frame; masked frames get a fresh random key (RFC 6455 5.3)."""
+    if not masked:
+        return build_header(fin, opcode, len(payload), None) + payload
+    key = os.urandom(4)
+    return build_header(fin, opcode, len(payload), key) + mask_payload(key, payload)
+
+
+def build_close_payload(code: int, reason: str) -> bytes:
+    """Encode a close frame body; the reason is cut to fit 125 bytes on a UTF-8 boundary."""
+    encoded = reason.encode("utf-8")[:_MAX_CLOSE_REASON]
+    return PACK_16.pack(code) + encoded.decode("utf-8", "ignore").encode("utf-8")
+
+
+class ProtocolViolation(Exception):
+    """A peer broke RFC 6455; carries the close code the gateway answers with."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def parse_close_payload(payload: bytes) -> tuple[int, str]:
+    """Decode a close frame body (RFC 6455 5.5.1).
+
+    Returns:
+        ``(code, reason)``; an empty body yields 1005 (no status received).
+
+    Raises:
+        ProtocolViolation: a one-byte body, a code not allowed on the wire
+            (1002), or a reason that is not UTF-8 (1007).
+    """
+    if not payload:
+        return int(CloseCode.NO_STATUS), ""
+    if len(payload) == 1:
+        raise ProtocolViolation(CloseCode.PROTOCOL_ERROR, "close frame with a 1-byte body")
+    code = PACK_16.unpack_from(payload)[0]
+    if not is_valid_wire_code(code):
+        raise ProtocolViolation(CloseCode.PROTOCOL_ERROR, f"invalid close code {code}")
+    try:
+        reason = payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolViolation(CloseCode.INVALID_DATA, "close reason is not UTF-8") from None
+    return code, reason

@@ -1,0 +1,492 @@
+"""The frame-level relay core: walks one direction's frames and forwards data bytes unchanged.
+
+The gateway never rebuilds messages. :class:`FrameScanner` walks the frame
+headers of one direction's byte stream (RFC 6455 section 5.2) and hands the
+bytes of data frames to a :class:`ScannerSink` as they are, in spans as large
+as each read allows. Control frames (close, ping, pong) are taken out of the
+stream and reported to the sink, which answers them at the gateway.
+
+**Every write ends on a frame boundary.** A data frame that is not wholly in
+the read at hand, or that is larger than the destination's frame limit, is
+re-emitted as RFC 6455 fragments (section 5.4): a new header for the bytes
+that are here, the payload bytes as they are, and for a masked frame the
+original key rotated to the fragment's offset, so no byte is unmasked. So
+between two reads the destination is never inside a frame, and the gateway
+can always put a control frame (a pong, its own close) on the wire at once.
+A small frame cut by the end of a read is held (at most 131 bytes) instead.
+
+Three modes, changed only in :meth:`FrameScanner._set_mode`:
+
+* ``RELAY``: data is forwarded, rules are checked;
+* ``DISCARD``: after a violation, or once the session is closing, data frames
+  are skipped (counted in ``discarded_messages``) while control frames are
+  still read, so the peer's close reply is seen (RFC 6455 7.1.1);
+* ``STOPPED``: the peer's close arrived, or its bytes can no longer be framed.
+
+Violations raise nothing: the sink's ``on_violation`` is called once in
+``RELAY`` (and with ``final=True`` when nothing more can be read), so one bad
+peer ends one session.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final, Protocol
+
+from gateway.core.closecodes import CloseCode
+from gateway.core.codec import (
+    CONTROL_OPCODES,
+    MAX_CONTROL_PAYLOAD,
+    PACK_16,
+    PACK_64,
+    Opcode,
+    ProtocolViolation,
+    build_header,
+    mask_payload,
+    parse_close_payload,
+)
+
+__all__ = ["FrameScanner", "ScanMode", "ScannerSink"]
+
+_SMALL_FRAME: Final = 125
+"""Frames up to this payload size that a read cuts are held whole rather than re-headed."""
+
+
+class ScanMode(enum.IntEnum):
+    """What the scanner does with what it reads (0 is the hot path's one test)."""
+
+    RELAY = 0
+    DISCARD = 1
+    STOPPED = 2
+
+
+class ScannerSink(Protocol):
+    """Where a :class:`FrameScanner` delivers what it reads."""
+
+    def forward(self, data: bytes) -> None:
+        """Write whole data frames, as they arrived, to the other leg."""
+
+    def forward_frame(self, header: bytes, payload: bytes) -> None:
+        """Write one re-headed data frame (a fragment of the peer's frame) to the other leg."""
+
+    def on_ping(self, payload: bytes) -> None:
+        """A ping arrived; the gateway answers it on the same leg."""
+
+    def on_pong(self, payload: bytes) -> None:
+        """A pong arrived (keepalive)."""
+
+    def on_close(self, code: int, reason: str) -> None:
+        """A valid close frame arrived (1005 when it had no body); the scanner has stopped."""
+
+    def on_violation(self, code: int, reason: str, final: bool) -> None:
+        """The peer broke a rule; ``final`` when nothing more will be read from it."""
+
+
+class FrameScanner:
+    """Walks one direction's frames and forwards data bytes without copying messages.
+
+    Args:
+        sink: receives forwarded bytes and control events.
+        expect_masked: True for frames from a client (must be masked), False
+            for frames from a server (must not be), per RFC 6455 5.1.
+        max_message_size: largest message (sum of fragments) accepted; larger
+            ones are refused with 1009 before any byte of them is forwarded.
+        max_frame_size: largest frame written to the destination; larger data
+            frames are re-emitted as fragments of at most this size.
+    """
+
+    __slots__ = (
+        "_control_buf",
+        "_control_masked",
+        "_control_opcode",
+        "_expect_masked",
+        "_fast_limit",
+        "_in_message",
+        "_mask_bit",
+        "_max_frame",
+        "_max_message",
+        "_message_size",
+        "_message_split",
+        "_mode",
+        "_remaining",
+        "_sink",
+        "_skip_fin",
+        "_small_header",
+        "_split",
+        "_split_fin",
+        "_split_key",
+        "_split_offset",
+        "_split_opcode",
+        "_tail",
+        "discarded_messages",
+        "fragmented_messages",
+        "messages",
+        "payload_bytes",
+    )
+
+    def __init__(
+        self,
+        sink: ScannerSink,
+        *,
+        expect_masked: bool,
+        max_message_size: int,
+        max_frame_size: int,
+    ) -> None:
+        self._sink = sink
+        self._expect_masked = expect_masked
+        self._max_message = max_message_size
+        self._max_frame = max_frame_size
+        self._mode = ScanMode.RELAY
+        self._tail = b""
+        """Bytes of a header, or of a small frame, that the last read cut (carried to the next)."""
+        self._remaining = 0
+        """Payload bytes still to come of the frame being read (control, re-headed or skipped)."""
+        self._in_message = False
+        self._message_size = 0
+        self._message_split = False
+        self._control_opcode = -1
+        self._control_masked = False
+        self._control_buf = bytearray()
+        self._split = False
+        self._split_fin = False
+        self._split_opcode = 0
+        self._split_key: bytes | None = None
+        self._split_offset = 0
+        self._skip_fin = False
+        self._mask_bit = 0x80 if expect_masked else 0x00
+        self._small_header = 6 if expect_masked else 2
+        self._fast_limit = min(_SMALL_FRAME, max_message_size, max_frame_size)
+        self.messages = 0
+        """Complete data messages forwarded."""
+        self.payload_bytes = 0
+        """Data-frame payload bytes forwarded."""
+        self.fragmented_messages = 0
+        """Messages this scanner re-emitted as fragments because a frame passed the destination's limit."""
+        self.discarded_messages = 0
+        """Messages skipped in ``DISCARD`` mode: sent by the peer after the session began to close."""
+
+    @property
+    def mode(self) -> ScanMode:
+        """The current mode."""
+        return self._mode
+
+    @property
+    def in_message(self) -> bool:
+        """True while the destination has seen part of a message but not its end."""
+        return self._in_message or (self._split and self._remaining > 0)
+
+    def discard_data(self) -> None:
+        """Stop forwarding: the session is closing. Control frames are still read."""
+        if self._mode is ScanMode.RELAY:
+            self._set_mode(ScanMode.DISCARD)
+            if self._split and self._remaining:
+                # The rest of a re-headed frame: skip it (the destination got whole fragments).
+                self._split = False
+                self._skip_fin = self._split_fin
+
+    def stop(self) -> None:
+        """Ignore every later byte (the peer's connection is being dropped)."""
+        self._set_mode(ScanMode.STOPPED)
+
+    def _set_mode(self, mode: ScanMode) -> None:
+        if mode > self._mode:
+            self._mode = mode
+
+    def feed(self, data: bytes) -> None:
+        """Consume bytes read from the source leg."""
+        if self._mode:
+            self._feed_discarding(data)
+            return
+        if self._tail:
+            data = self._tail + data
+            self._tail = b""
+        sink = self._sink
+        end = len(data)
+        pos = 0
+        span = 0
+        """Start of the whole frames not yet handed to the sink."""
+        while pos < end:
+            remaining = self._remaining
+            if remaining:
+                if self._control_opcode >= 0:
+                    take = end - pos
+                    if take > remaining:
+                        take = remaining
+                    self._control_buf += data[pos : pos + take]
+                    pos += take
+                    span = pos
+                    self._remaining = remaining - take
+                    if not self._remaining:
+                        self._finish_control()
+                        if self._mode:
+                            break
+                else:
+                    pos = self._feed_split(data, pos, end)
+                    span = pos
+                    if self._mode:  # the sink began closing while we forwarded
+                        self._feed_discarding(data[pos:])
+                        return
+                continue
+            if end - pos < 2:
+                self._tail = data[pos:]
+                break
+            b0 = data[pos]
+            b1 = data[pos + 1]
+            # Fast path: a small, unfragmented text/binary frame with the expected mask bit,
+            # the common case of chat-like traffic. Everything it skips is checked below.
+            if (
+                (b0 == 0x81 or b0 == 0x82)
+                and b1 & 0x80 == self._mask_bit
+                and (b1 & 0x7F) <= self._fast_limit
+                and not self._in_message
+            ):
+                frame_end = pos + self._small_header + (b1 & 0x7F)
+                if frame_end > end:
+                    self._tail = data[pos:]  # at most 131 bytes: wait for the rest of the frame
+                    break
+                self.messages += 1
+                self.payload_bytes += b1 & 0x7F
+                pos = frame_end
+                continue
+            length = b1 & 0x7F
+            header_len = 2
+            if length == 126:
+                header_len = 4
+            elif length == 127:
+                header_len = 10
+            masked = b1 & 0x80
+            if masked:
+                header_len += 4
+            if end - pos < header_len:
+                self._tail = data[pos:]
+                break
+            if length == 126:
+                length = PACK_16.unpack_from(data, pos + 2)[0]
+            elif length == 127:
+                length = PACK_64.unpack_from(data, pos + 2)[0]
+            problem = self._check_header(b0, b1, length)
+            if problem is not None:
+                self._forward_span(data, span, pos, end)
+                self._violate(problem, data, pos + header_len, length)
+                return
+            opcode = b0 & 0x0F
+            if opcode >= 0x8:
+                if span < pos:
+                    sink.forward(data[span:pos])
+                self._control_opcode = opcode
+                self._control_masked = bool(masked)
+                self._control_buf = bytearray(data[pos + header_len - 4 : pos + header_len] if masked else b"")
+                pos += header_len
+                span = pos
+                self._remaining = length
+                if not length:
+                    self._finish_control()
+                    if self._mode:
+                        break
+                continue
+            fin = b0 & 0x80
+            if opcode == Opcode.CONTINUATION:
+                size = self._message_size + length
+            else:
+                size = length
+                self._message_split = False
+            if size > self._max_message:
+                self._forward_span(data, span, pos, end)
+                self._violate(
+                    ProtocolViolation(
+                        CloseCode.MESSAGE_TOO_BIG,
+                        f"message of at least {size} bytes is over the limit of {self._max_message}",
+                    ),
+                    data,
+                    pos + header_len,
+                    length,
+                )
+                return
+            self._message_size = size
+            self.payload_bytes += length
+            if fin:
+                self._in_message = False
+                self.messages += 1
+            else:
+                self._in_message = True
+            frame_end = pos + header_len + length
+            if frame_end <= end and length <= self._max_frame:
+                pos = frame_end
+                continue
+            # Not all here, or over the destination's limit: re-emit it in whole fragments.
+            if span < pos:
+                sink.forward(data[span:pos])
+            key = data[pos + header_len - 4 : pos + header_len] if masked else None
+            if length > self._max_frame and not self._message_split:
+                self._message_split = True
+                self.fragmented_messages += 1
+            self._split = True
+            self._split_fin = bool(fin)
+            self._split_opcode = opcode
+            self._split_key = key
+            self._split_offset = 0
+            self._remaining = length
+            pos += header_len
+            span = pos
+        stop = end - len(self._tail)
+        if span < stop and not self._mode:
+            sink.forward(data if span == 0 and stop == end else data[span:stop])
+
+    def _forward_span(self, data: bytes, span: int, pos: int, end: int) -> None:
+        """Hand on the whole frames before a violation (they were valid)."""
+        if span < pos:
+            self._sink.forward(data if span == 0 and pos == end else data[span:pos])
+
+    def _check_header(self, b0: int, b1: int, length: int) -> ProtocolViolation | None:
+        """The RFC 6455 rule a frame header breaks, if any (sections 5.2, 5.4, 5.5)."""
+        if (b1 & 0x7F) == 126 and length < 126:
+            return ProtocolViolation(CloseCode.PROTOCOL_ERROR, "non-minimal 16-bit length")
+        if (b1 & 0x7F) == 127:
+            if length >> 63:
+                return ProtocolViolation(CloseCode.PROTOCOL_ERROR, "64-bit length with the top bit set")
+            if length < 0x10000:
+                return ProtocolViolation(CloseCode.PROTOCOL_ERROR, "non-minimal 64-bit length")
+        if b0 & 0x70:
+            return ProtocolViolation(CloseCode.PROTOCOL_ERROR, "reserved bits set without an extension")
+        if bool(b1 & 0x80) != self._expect_masked:
+            return ProtocolViolation(
+                CloseCode.PROTOCOL_ERROR,
+                "unmasked frame from client" if self._expect_masked else "masked frame from server",
+            )
+        opcode = b0 & 0x0F
+        if opcode >= 0x8:
+            if opcode not in CONTROL_OPCODES:
+                return ProtocolViolation(CloseCode.PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
+            if not b0 & 0x80:
+                return ProtocolViolation(CloseCode.PROTOCOL_ERROR, "fragmented control frame")
+            if length > MAX_CONTROL_PAYLOAD:
+                return ProtocolViolation(CloseCode.PROTOCOL_ERROR, "control frame over 125 bytes")
+            return None
+        if opcode == Opcode.CONTINUATION:
+            if not self._in_message:
+                return ProtocolViolation(CloseCode.PROTOCOL_ERROR, "continuation frame with no message started")
+        elif opcode == Opcode.TEXT or opcode == Opcode.BINARY:
+            if self._in_message:
+                return ProtocolViolation(CloseCode.PROTOCOL_ERROR, "new message before the previous one finished")
+        else:
+            return ProtocolViolation(CloseCode.PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
+        return None
+
+    def _feed_split(self, data: bytes, pos: int, end: int) -> int:
+        """Forward the payload bytes of a re-headed frame that are in this read, as whole fragments."""
+        take = end - pos
+        if take > self._remaining:
+            take = self._remaining
+        sink = self._sink
+        while take and not self._mode:
+            piece = take if take <= self._max_frame else self._max_frame
+            self._remaining -= piece
+            key = self._split_key
+            if key is not None:
+                shift = self._split_offset & 3
+                if shift:
+                    key = key[shift:] + key[:shift]
+            opcode = self._split_opcode if self._split_offset == 0 else Opcode.CONTINUATION
+            header = build_header(not self._remaining and self._split_fin, opcode, piece, key)
+            self._split_offset += piece
+            sink.forward_frame(header, data if pos == 0 and piece == end else data[pos : pos + piece])
+            pos += piece
+            take -= piece
+        if not self._remaining:
+            self._split = False
+        return pos
+
+    def _finish_control(self) -> None:
+        opcode = self._control_opcode
+        self._control_opcode = -1
+        buf = self._control_buf
+        payload = mask_payload(bytes(buf[:4]), bytes(buf[4:])) if self._control_masked else bytes(buf)
+        self._control_buf = bytearray()
+        sink = self._sink
+        if opcode == Opcode.PING:
+            sink.on_ping(payload)
+        elif opcode == Opcode.PONG:
+            sink.on_pong(payload)
+        else:
+            self._set_mode(ScanMode.STOPPED)
+            try:
+                code, reason = parse_close_payload(payload)
+            except ProtocolViolation as exc:
+                # The peer has closed, badly: nothing more will come from it.
+                sink.on_violation(exc.code, exc.reason, True)
+                return
+            sink.on_close(code, reason)
+
+    def _violate(self, problem: ProtocolViolation, data: bytes, payload_at: int, length: int) -> None:
+        """Report ``problem`` once, then read on in ``DISCARD`` mode past the offending frame."""
+        final = bool(length >> 63)
+        self._tail = b""
+        self._split = False
+        self._control_opcode = -1
+        self._set_mode(ScanMode.STOPPED if final else ScanMode.DISCARD)
+        self._remaining = 0 if final else length
+        self._skip_fin = False  # the refused frame is counted as a violation, not as discarded
+        self._sink.on_violation(int(problem.code), problem.reason, final)
+        if not final and payload_at < len(data):
+            self._feed_discarding(data[payload_at:])
+
+    # --- DISCARD / STOPPED: skip data, still read control frames ------------------------
+    def _feed_discarding(self, data: bytes) -> None:
+        """Look for the peer's close: data frames are skipped, malformed input ends the reading."""
+        if self._mode is ScanMode.STOPPED:
+            return
+        if self._tail:
+            data = self._tail + data
+            self._tail = b""
+        end = len(data)
+        pos = 0
+        while pos < end and self._mode is ScanMode.DISCARD:
+            remaining = self._remaining
+            if remaining:
+                take = min(end - pos, remaining)
+                if self._control_opcode >= 0:
+                    self._control_buf += data[pos : pos + take]
+                self._remaining = remaining - take
+                pos += take
+                if not self._remaining:
+                    if self._control_opcode >= 0:
+                        self._finish_control()
+                    elif self._skip_fin:
+                        self.discarded_messages += 1
+                continue
+            if end - pos < 2:
+                self._tail = data[pos:]
+                return
+            b0 = data[pos]
+            b1 = data[pos + 1]
+            length = b1 & 0x7F
+            header_len = 2 + (2 if length == 126 else 8 if length == 127 else 0) + (4 if b1 & 0x80 else 0)
+            if end - pos < header_len:
+                self._tail = data[pos:]
+                return
+            if length == 126:
+                length = PACK_16.unpack_from(data, pos + 2)[0]
+            elif length == 127:
+                length = PACK_64.unpack_from(data, pos + 2)[0]
+            opcode = b0 & 0x0F
+            unreadable = None
+            if length >> 63:
+                unreadable = "64-bit length with the top bit set"
+            elif opcode >= 0x8 and (opcode not in CONTROL_OPCODES or not b0 & 0x80 or length > MAX_CONTROL_PAYLOAD):
+                unreadable = "malformed control frame while closing"
+            if unreadable is not None:
+                self._set_mode(ScanMode.STOPPED)
+                self._sink.on_violation(int(CloseCode.PROTOCOL_ERROR), unreadable, True)
+                return
+            pos += header_len
+            self._remaining = length
+            if opcode >= 0x8:
+                self._control_opcode = opcode
+                self._control_masked = bool(b1 & 0x80)
+                self._control_buf = bytearray(data[pos - 4 : pos] if b1 & 0x80 else b"")
+                if not length:
+                    self._finish_control()
+            else:
+                self._skip_fin = bool(b0 & 0x80)
+                if not length and self._skip_fin:
+                    self.discarded_messages += 1
