@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench dashboard dashboard-preview image system-deps clean
+.PHONY: demo test lint bench conformance dashboard dashboard-preview image system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/python -m examples.demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check gateway tests examples bench observability
+	$(BIN)/ruff check gateway tests examples bench observability conformance
 	$(BIN)/mypy --strict gateway
 
 test: $(STAMP) system-deps lint
@@ -36,6 +36,13 @@ image: $(STAMP) system-deps
 
 bench: $(STAMP) system-deps
 	$(BIN)/python -m bench.run
+
+# Autobahn|Testsuite on both legs next to a control (docs/conformance.md). Needs root: the first run
+# builds a Debian bullseye chroot for wstest (Python 2) under ~/.cache/ws-gateway. Options, e.g.:
+# make conformance CONFORMANCE_ARGS="--cases '1.*,7.*'"
+conformance: $(STAMP)
+	HOST_PYTHON=$(BIN)/python ./conformance/setup_autobahn.sh
+	$(BIN)/python -m conformance.run $(CONFORMANCE_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

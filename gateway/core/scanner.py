@@ -267,7 +267,8 @@ class FrameScanner:
             problem = self._check_header(b0, b1, length)
             if problem is not None:
                 self._forward_span(data, span, pos, end)
-                self._violate(problem, data, pos + header_len, length)
+                # A malformed close is still the peer's close: it will not send another one.
+                self._violate(problem, data, pos + header_len, length, peer_closed=(b0 & 0x0F) == Opcode.CLOSE)
                 return
             opcode = b0 & 0x0F
             if opcode >= 0x8:
@@ -417,9 +418,15 @@ class FrameScanner:
                 return
             sink.on_close(code, reason)
 
-    def _violate(self, problem: ProtocolViolation, data: bytes, payload_at: int, length: int) -> None:
-        """Report ``problem`` once, then read on in ``DISCARD`` mode past the offending frame."""
-        final = bool(length >> 63)
+    def _violate(
+        self, problem: ProtocolViolation, data: bytes, payload_at: int, length: int, *, peer_closed: bool = False
+    ) -> None:
+        """Report ``problem`` once, then read on in ``DISCARD`` mode past the offending frame.
+
+        Final (``STOPPED``, nothing more read) when the offending frame was the peer's close, or
+        when its length cannot be skipped.
+        """
+        final = peer_closed or bool(length >> 63)
         self._tail = b""
         self._split = False
         self._control_opcode = -1

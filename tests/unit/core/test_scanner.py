@@ -274,6 +274,8 @@ def test_after_a_violation_the_peers_close_is_still_read(frame: bytes) -> None:
         (client_frame(Opcode.CLOSE, b"\x03\xed"), "invalid close code"),
         (client_frame(Opcode.CLOSE, b"\x03"), "1-byte"),
         (bytes((0x82, 0x80 | 127)) + (1 << 63).to_bytes(8, "big") + b"kkkk", "top bit"),
+        (client_frame(Opcode.CLOSE, b"\x03\xe8" + b"r" * 124), "over 125"),
+        (client_frame(Opcode.CLOSE, b"\x03\xe8", fin=False), "fragmented control"),
     ],
 )
 def test_violations_after_which_nothing_can_be_read_are_final(frame: bytes, why: str) -> None:

@@ -1,0 +1,1 @@
+"""Autobahn|Testsuite conformance harness: ``python -m conformance.run`` (see docs/conformance.md)."""
