@@ -173,8 +173,10 @@ class Leg:
     # --- scanner sink: what this leg's peer sends -----------------------------------------
     def forward(self, data: bytes) -> None:
         """Write whole data frames from this leg's peer to the other leg."""
-        if self.recent is not None:
-            self._retain(data)
+        recent = self.recent
+        # Nothing to do for the common case: no message in progress and nothing kept.
+        if recent is not None and (recent or self.recent_too_large or self.scanner.in_message):
+            self._retain(data, b"")
         out = self.out
         out.write(data)
         # On loopback most writes complete at once: one C call decides the common case.
@@ -184,22 +186,25 @@ class Leg:
     def forward_frame(self, header: bytes, payload: bytes) -> None:
         """Write one re-headed frame (a fragment of the peer's frame) to the other leg."""
         if self.recent is not None:
-            self._retain(header + payload)
+            self._retain(header, payload)
         out = self.out
         out.writelines((header, payload))
         if out.get_write_buffer_size() and self.other.flow.is_paused() and not self.reading_paused:
             self.listener.leg_backlogged(self, self.other)
 
-    def _retain(self, data: bytes) -> None:
-        """Keep the start of an incomplete client message so an outage can re-send it whole."""
+    def _retain(self, data: bytes, more: bytes) -> None:
+        """Keep the start of an incomplete client message (``data`` then ``more``) so an outage
+        can re-send it whole."""
         recent = self.recent
         assert recent is not None
         if not self.scanner.in_message:
             recent.clear()
             self.recent_too_large = False
         elif not self.recent_too_large:
-            if len(recent) + len(data) <= self.retain_limit:
+            if len(recent) + len(data) + len(more) <= self.retain_limit:
                 recent += data
+                if more:
+                    recent += more
             else:
                 # Too large to re-send whole: an outage during this message drops it (counted).
                 recent.clear()

@@ -193,145 +193,136 @@ class FrameScanner:
             self._mode = mode
 
     def feed(self, data: bytes) -> None:
-        """Consume bytes read from the source leg."""
+        """Consume bytes read from the source leg: the per-message path, its fast path the first branch."""
         if self._mode:
             self._feed_discarding(data)
             return
         if self._tail:
             data = self._tail + data
             self._tail = b""
-        sink = self._sink
         end = len(data)
         pos = 0
         span = 0
         """Start of the whole frames not yet handed to the sink."""
         while pos < end:
-            remaining = self._remaining
-            if remaining:
-                if self._control_opcode >= 0:
-                    take = end - pos
-                    if take > remaining:
-                        take = remaining
-                    self._control_buf += data[pos : pos + take]
-                    pos += take
-                    span = pos
-                    self._remaining = remaining - take
-                    if not self._remaining:
-                        self._finish_control()
-                        if self._mode:
-                            break
-                else:
-                    pos = self._feed_split(data, pos, end)
-                    span = pos
-                    if self._mode:  # the sink began closing while we forwarded
-                        self._feed_discarding(data[pos:])
-                        return
-                continue
-            if end - pos < 2:
-                self._tail = data[pos:]
-                break
-            b0 = data[pos]
-            b1 = data[pos + 1]
-            # Fast path: a small, unfragmented text/binary frame with the expected mask bit,
-            # the common case of chat-like traffic. Everything it skips is checked below.
-            if (
-                (b0 == 0x81 or b0 == 0x82)
-                and b1 & 0x80 == self._mask_bit
-                and (b1 & 0x7F) <= self._fast_limit
-                and not self._in_message
-            ):
-                frame_end = pos + self._small_header + (b1 & 0x7F)
-                if frame_end > end:
-                    self._tail = data[pos:]  # at most 131 bytes: wait for the rest of the frame
+            if self._remaining:
+                pos = span = self._continue_frame(data, pos, end)
+            else:
+                if end - pos < 2:
+                    self._tail = data[pos:]
                     break
-                self.messages += 1
-                self.payload_bytes += b1 & 0x7F
-                pos = frame_end
-                continue
-            length = b1 & 0x7F
-            header_len = 2
-            if length == 126:
-                header_len = 4
-            elif length == 127:
-                header_len = 10
-            masked = b1 & 0x80
-            if masked:
-                header_len += 4
-            if end - pos < header_len:
-                self._tail = data[pos:]
-                break
-            if length == 126:
-                length = PACK_16.unpack_from(data, pos + 2)[0]
-            elif length == 127:
-                length = PACK_64.unpack_from(data, pos + 2)[0]
-            problem = self._check_header(b0, b1, length)
-            if problem is not None:
-                self._forward_span(data, span, pos, end)
-                # A malformed close is still the peer's close: it will not send another one.
-                self._violate(problem, data, pos + header_len, length, peer_closed=(b0 & 0x0F) == Opcode.CLOSE)
-                return
-            opcode = b0 & 0x0F
-            if opcode >= 0x8:
-                if span < pos:
-                    sink.forward(data[span:pos])
-                self._control_opcode = opcode
-                self._control_masked = bool(masked)
-                self._control_buf = bytearray(data[pos + header_len - 4 : pos + header_len] if masked else b"")
-                pos += header_len
-                span = pos
-                self._remaining = length
-                if not length:
-                    self._finish_control()
-                    if self._mode:
+                b0 = data[pos]
+                b1 = data[pos + 1]
+                # Fast path: a small, unfragmented text/binary frame with the expected mask bit,
+                # the common case of chat-like traffic. Everything it skips is checked in _frame.
+                if (
+                    (b0 == 0x81 or b0 == 0x82)
+                    and b1 & 0x80 == self._mask_bit
+                    and (b1 & 0x7F) <= self._fast_limit
+                    and not self._in_message
+                ):
+                    frame_end = pos + self._small_header + (b1 & 0x7F)
+                    if frame_end > end:
+                        self._tail = data[pos:]  # at most 131 bytes: wait for the rest of the frame
                         break
-                continue
-            fin = b0 & 0x80
-            if opcode == Opcode.CONTINUATION:
-                size = self._message_size + length
-            else:
-                size = length
-                self._message_split = False
-            if size > self._max_message:
-                self._forward_span(data, span, pos, end)
-                self._violate(
-                    ProtocolViolation(
-                        CloseCode.MESSAGE_TOO_BIG,
-                        f"message of at least {size} bytes is over the limit of {self._max_message}",
-                    ),
-                    data,
-                    pos + header_len,
-                    length,
-                )
+                    self.messages += 1
+                    self.payload_bytes += b1 & 0x7F
+                    pos = frame_end
+                    continue
+                pos, span = self._frame(data, pos, span, end)
+                if pos < 0:
+                    break  # its header is not all here: kept in _tail
+            if self._mode:
+                # A close or a violation, or the sink began closing: read on for the peer's close.
+                if self._mode is ScanMode.DISCARD and pos < end:
+                    self._feed_discarding(data[pos:])
                 return
-            self._message_size = size
-            self.payload_bytes += length
-            if fin:
-                self._in_message = False
-                self.messages += 1
-            else:
-                self._in_message = True
-            frame_end = pos + header_len + length
-            if frame_end <= end and length <= self._max_frame:
-                pos = frame_end
-                continue
-            # Not all here, or over the destination's limit: re-emit it in whole fragments.
-            if span < pos:
-                sink.forward(data[span:pos])
-            key = data[pos + header_len - 4 : pos + header_len] if masked else None
-            if length > self._max_frame and not self._message_split:
-                self._message_split = True
-                self.fragmented_messages += 1
-            self._split = True
-            self._split_fin = bool(fin)
-            self._split_opcode = opcode
-            self._split_key = key
-            self._split_offset = 0
-            self._remaining = length
-            pos += header_len
-            span = pos
         stop = end - len(self._tail)
-        if span < stop and not self._mode:
-            sink.forward(data if span == 0 and stop == end else data[span:stop])
+        if span < stop:
+            self._sink.forward(data if span == 0 and stop == end else data[span:stop])
+
+    def _continue_frame(self, data: bytes, pos: int, end: int) -> int:
+        """Bytes of a frame begun in an earlier read: a control frame's payload, or a re-headed frame."""
+        if self._control_opcode < 0:
+            return self._feed_split(data, pos, end)
+        take = end - pos
+        if take > self._remaining:
+            take = self._remaining
+        self._control_buf += data[pos : pos + take]
+        self._remaining -= take
+        if not self._remaining:
+            self._finish_control()
+        return pos + take
+
+    def _frame(self, data: bytes, pos: int, span: int, end: int) -> tuple[int, int]:
+        """A frame off the fast path at ``pos``: check it, then skip over it, re-head it or take it out.
+
+        Returns:
+            ``(pos, span)`` after it; ``pos`` is -1 when its header is not all in this read (kept).
+        """
+        b0 = data[pos]
+        b1 = data[pos + 1]
+        length = b1 & 0x7F
+        header_len = 2 + (2 if length == 126 else 8 if length == 127 else 0) + (4 if b1 & 0x80 else 0)
+        if end - pos < header_len:
+            self._tail = data[pos:]
+            return -1, span
+        if length == 126:
+            length = PACK_16.unpack_from(data, pos + 2)[0]
+        elif length == 127:
+            length = PACK_64.unpack_from(data, pos + 2)[0]
+        opcode = b0 & 0x0F
+        problem = self._check_header(b0, b1, length)
+        if problem is None and opcode < 0x8:
+            size = self._message_size + length if opcode == Opcode.CONTINUATION else length
+            if size > self._max_message:
+                problem = ProtocolViolation(
+                    CloseCode.MESSAGE_TOO_BIG,
+                    f"message of at least {size} bytes is over the limit of {self._max_message}",
+                )
+        if problem is not None:
+            self._forward_span(data, span, pos, end)
+            # A malformed close is still the peer's close: it will not send another one.
+            self._violate(problem, length, peer_closed=opcode == Opcode.CLOSE)
+            return pos + header_len, pos + header_len
+        frame_end = pos + header_len + length
+        whole = opcode < 0x8 and frame_end <= end and length <= self._max_frame
+        if not whole and span < pos:
+            self._sink.forward(data[span:pos])  # hand on what came before: this frame leaves apart
+            if self._mode:
+                return pos, pos
+        if opcode >= 0x8:
+            self._control_opcode = opcode
+            self._control_masked = bool(b1 & 0x80)
+            self._control_buf = bytearray(data[pos + header_len - 4 : pos + header_len] if b1 & 0x80 else b"")
+            self._remaining = length
+            if not length:
+                self._finish_control()
+            return pos + header_len, pos + header_len
+        if opcode != Opcode.CONTINUATION:
+            self._message_size = 0
+            self._message_split = False
+        self._message_size += length
+        self.payload_bytes += length
+        fin = bool(b0 & 0x80)
+        if fin:
+            self._in_message = False
+            self.messages += 1
+        else:
+            self._in_message = True
+        if whole:
+            return frame_end, span
+        # Not all here, or over the destination's limit: re-emit it in whole fragments.
+        if length > self._max_frame and not self._message_split:
+            self._message_split = True
+            self.fragmented_messages += 1
+        self._split = True
+        self._split_fin = fin
+        self._split_opcode = opcode
+        self._split_key = data[pos + header_len - 4 : pos + header_len] if b1 & 0x80 else None
+        self._split_offset = 0
+        self._remaining = length
+        return pos + header_len, pos + header_len
 
     def _forward_span(self, data: bytes, span: int, pos: int, end: int) -> None:
         """Hand on the whole frames before a violation (they were valid)."""
@@ -418,10 +409,8 @@ class FrameScanner:
                 return
             sink.on_close(code, reason)
 
-    def _violate(
-        self, problem: ProtocolViolation, data: bytes, payload_at: int, length: int, *, peer_closed: bool = False
-    ) -> None:
-        """Report ``problem`` once, then read on in ``DISCARD`` mode past the offending frame.
+    def _violate(self, problem: ProtocolViolation, length: int, *, peer_closed: bool = False) -> None:
+        """Report ``problem`` once; the caller reads on in ``DISCARD`` mode past the offending frame.
 
         Final (``STOPPED``, nothing more read) when the offending frame was the peer's close, or
         when its length cannot be skipped.
@@ -434,8 +423,6 @@ class FrameScanner:
         self._remaining = 0 if final else length
         self._skip_fin = False  # the refused frame is counted as a violation, not as discarded
         self._sink.on_violation(int(problem.code), problem.reason, final)
-        if not final and payload_at < len(data):
-            self._feed_discarding(data[payload_at:])
 
     # --- DISCARD / STOPPED: skip data, still read control frames ------------------------
     def _feed_discarding(self, data: bytes) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tests.integration.test_sizes import peak_rss_kib
-from tests.support import GatewayProcess, RawClient, Upstream
+from tests.support import GatewayProcess, RawClient, Upstream, async_wait_until, client_frame
 
 
 async def test_client_that_stops_reading_is_bounded_then_closed(
@@ -42,3 +42,22 @@ async def test_slow_but_reading_client_gets_everything(
     client.close()
     line = (await gw.wait_session_log(1))[0]
     assert line["messages_out"] == 300
+
+
+async def test_stalled_clients_receive_their_1008_close_frame(
+    make_gateway: Callable[..., GatewayProcess], upstream: Upstream
+) -> None:
+    """Ten clients stop reading while the app floods them; each later finds a 1008 close frame, not a bare EOF."""
+    gw = make_gateway(upstream.url, {"client": {"max_buffered": "256KiB", "slow_consumer_timeout": "500ms",
+                                                "close_timeout": "20s"}})
+    clients = [await RawClient.connect(gw.port, "/ws/flood?count=2000&size=65536") for _ in range(10)]
+    await async_wait_until(lambda: gw.output().count("with its buffer full; closing") >= len(clients), 20,
+                           "the gateway to give up on every stalled client")
+    for client in clients:
+        code, reason, _ = await client.read_until_close(timeout=20)
+        assert (code, reason) == (1008, "slow consumer: client is not reading")
+        client.send(client_frame(0x8, code.to_bytes(2, "big")))
+        assert await client.at_eof(), "the gateway closes TCP once the close handshake is done"
+    lines = await gw.wait_session_log(len(clients), timeout=20)
+    assert {(line["client_code"], line["cause"]) for line in lines} == {(1008, "slow_consumer")}
+    assert all(line["client_close"].startswith("sent 1008 (policy violation) slow consumer") for line in lines)

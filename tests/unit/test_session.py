@@ -363,3 +363,20 @@ async def test_breaker_trips_when_the_upstream_is_lost_too_often() -> None:
     assert code == 1011 and reason.startswith("circuit breaker: upstream lost 2 times")
     h.session.client.transport_lost()
     assert h.closes("client", 1011, "gateway", "internal") == 1
+
+
+async def test_retention_resumes_after_a_message_too_large_to_keep() -> None:
+    """A message over buffer_bytes is not kept; the next message cut by an outage is still replayed whole."""
+    h = open_session({"reconnect": {"enabled": True, "buffer_bytes": "2KiB"}})
+    with_recovery(h, instant_reopen())
+    h.from_client(client_frame(Opcode.BINARY, b"x" * 3000, fin=False))  # outgrows the retention
+    h.from_client(client_frame(Opcode.CONTINUATION, b"y"))
+    first = client_frame(Opcode.TEXT, b"before | ", fin=False)
+    h.from_client(first)
+    h.session.upstream.transport_lost()
+    rest = client_frame(Opcode.CONTINUATION, b"after")
+    h.from_client(rest)
+    await settle(0.02)
+    assert h.session.state is SessionState.OPEN
+    new = h.session.upstream.transport
+    assert bytes(new.written) == first + rest  # type: ignore[attr-defined]

@@ -6,8 +6,9 @@ import os
 
 import pytest
 
-from gateway.core.codec import Opcode, build_close_payload, build_frame, mask_payload
+from gateway.core.codec import Opcode, build_close_payload, build_frame
 from gateway.core.scanner import FrameScanner, ScanMode
+from tests.fakes import parse_frames
 from tests.support import client_frame
 
 
@@ -47,25 +48,6 @@ class RecordingSink:
 def scanner(sink: RecordingSink, *, client: bool = True, max_message: int = 1 << 20,
             max_frame: int = 1 << 20) -> FrameScanner:
     return FrameScanner(sink, expect_masked=client, max_message_size=max_message, max_frame_size=max_frame)
-
-
-def parse_frames(data: bytes) -> list[tuple[bool, int, bytes]]:
-    """Decode frames (unmasking masked ones) for assertions."""
-    frames, pos = [], 0
-    while pos < len(data):
-        b0, b1 = data[pos], data[pos + 1]
-        length, pos = b1 & 0x7F, pos + 2
-        if length == 126:
-            length, pos = int.from_bytes(data[pos:pos + 2], "big"), pos + 2
-        elif length == 127:
-            length, pos = int.from_bytes(data[pos:pos + 8], "big"), pos + 8
-        key = None
-        if b1 & 0x80:
-            key, pos = data[pos:pos + 4], pos + 4
-        payload = data[pos:pos + length]
-        pos += length
-        frames.append((bool(b0 & 0x80), b0 & 0x0F, mask_payload(key, payload) if key else payload))
-    return frames
 
 
 def messages_of(frames: list[tuple[bool, int, bytes]]) -> list[tuple[int, bytes]]:
