@@ -32,7 +32,7 @@ disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series d
 PREFIX: Final = "ws_gateway"
 LEGS: Final = tuple(leg.value for leg in LegName)
 DIRECTIONS: Final = ("client_to_upstream", "upstream_to_client")
-HANDSHAKE_STATUSES: Final = ("400", "403", "404", "426", "431", "500", "502", "503", "504", "other")
+HANDSHAKE_STATUSES: Final = ("400", "403", "404", "408", "426", "429", "431", "500", "502", "503", "504", "other")
 """Bounded ``status`` label values of handshake failures."""
 CONNECT_RESULTS: Final = tuple(result.value for result in ConnectResult)
 RECONNECT_RESULTS: Final = (*CONNECT_RESULTS, RECONNECT_SUBPROTOCOL)

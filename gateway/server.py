@@ -16,8 +16,6 @@ closes after ``drain.listener_delay``, open sessions get 1012 spread over
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 import signal
 import time
@@ -32,11 +30,13 @@ from gateway.core.backoff import Breaker, full_jitter_backoff
 from gateway.core.closecodes import CloseCode
 from gateway.core.closerules import Event
 from gateway.core.codec import Opcode, build_close_payload, build_frame
-from gateway.core.config import GatewayConfig, Refusal, parse_host_port
-from gateway.core.forwarding import forward_headers, offered_subprotocols
+from gateway.core.config import GatewayConfig, RefusalMode, parse_host_port
+from gateway.core.forwarding import ForwardedRequest, forward_headers, offered_subprotocols
 from gateway.core.handshake import accept_key
 from gateway.core.targets import TargetPool
+from gateway.core.upgrade import Refusal, check_upgrade
 from gateway.flow import WriteFlow
+from gateway.http import BadRequestLog, GuardedRequestHandler, HeadGuard, TrafficServer
 from gateway.metrics import GatewayMetrics
 from gateway.reconnect import Reopen
 from gateway.session import Recovery, Session
@@ -72,7 +72,10 @@ class _ClientFeeder:
 
 
 def _refuse(status: int, text: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, text=text + "\n", headers=headers)
+    """An HTTP refusal of the upgrade; the connection closes after it (no second request on it)."""
+    response = web.Response(status=status, text=text + "\n", headers=headers)
+    response.force_close()
+    return response
 
 
 class Gateway:
@@ -86,56 +89,50 @@ class Gateway:
         self.metrics = GatewayMetrics(registry)
         self.sessions: set[Session] = set()
         self.handshakes = 0
+        self.per_client: dict[str, int] = {}
+        """Sessions (and upgrades under way) per client address, when client.max_sessions_per_client is set."""
         self.draining = False
         self._networks = config.proxy.networks
         upstream = config.upstream
         self.pool = TargetPool(upstream.url, upstream.selection, upstream.cooldown)
         self._upstream_ok_at = 0.0
-        self._runners: list[web.AppRunner] = []
+        self._runners: list[web.BaseRunner] = []
         self._traffic_site: web.TCPSite | None = None
         self.stopped = asyncio.Event()
 
     # --- traffic port -----------------------------------------------------------------
-    def _precheck(self, request: web.Request) -> web.Response | None:
-        """Refuse what must not be relayed; None when the upgrade may proceed."""
+    def _precheck(self, request: web.BaseRequest, headers: list[tuple[str, str]]) -> web.Response | str:
+        """Refuse what must not be relayed; else the request target to relay, in origin-form."""
         client = self.config.client
-        headers = request.headers
         if self.draining:
             return _refuse(503, "the gateway is shutting down; retry on another instance")
-        if (
-            headers.get("Upgrade", "").lower() != "websocket"
-            or "upgrade" not in headers.get("Connection", "").lower()
-        ):
-            return _refuse(
-                426,
-                "ws-gateway relays WebSocket upgrades only; this was a plain HTTP request",
-                {"Upgrade": "websocket", "Connection": "Upgrade"},
-            )
-        if request.method != "GET":
-            return _refuse(400, "a WebSocket upgrade must use GET")
-        if headers.get("Sec-WebSocket-Version") != "13":
-            return _refuse(426, "unsupported WebSocket version; use 13", {"Sec-WebSocket-Version": "13"})
-        try:
-            if len(base64.b64decode(headers.get("Sec-WebSocket-Key", ""), validate=True)) != 16:
-                raise ValueError
-        except (binascii.Error, ValueError):
-            return _refuse(400, "missing or malformed Sec-WebSocket-Key")
-        header_bytes = sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
+        checked = check_upgrade(request.method, (request.version.major, request.version.minor),
+                                request.raw_path, headers)
+        if isinstance(checked, Refusal):
+            return _refuse(checked.status, checked.reason, checked.headers or None)
+        header_bytes = sum(len(k) + len(v) + 4 for k, v in headers)
         if header_bytes > client.max_header_size:
             return _refuse(431, f"request headers of {header_bytes} bytes exceed {client.max_header_size}")
-        origin = headers.get("Origin")
+        origin = request.headers.get("Origin")
         if client.allowed_origins and origin is not None and origin.lower() not in client.allowed_origins:
             return _refuse(403, f"origin {origin!r} is not allowed")
         if len(self.sessions) + self.handshakes >= self.config.max_sessions:
             return _refuse(503, f"the gateway holds its limit of {self.config.max_sessions} sessions")
-        return None
+        return checked
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    def _has_room(self, waiting_heads: int) -> bool:
+        """Connections still sending their request head count against max_sessions with the sessions."""
+        return len(self.sessions) + self.handshakes + waiting_heads < self.config.max_sessions
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Relay one client's WebSocket to the upstream, from handshake to the last close.
 
         The long wait happens here, in a frame that holds only the request, the response and
         the session: the handshake's headers and buffers are freed once the relay runs.
         """
+        protocol = request.protocol
+        if isinstance(protocol, GuardedRequestHandler):
+            protocol.head_read()
         response, session = await self._open_session(request)
         if session is None:
             return response
@@ -144,21 +141,52 @@ class Gateway:
             await session.done
         finally:
             self.sessions.discard(session)
+            self._client_left(session.client_ip)
             if session.target is not None:
                 self.pool.closed(session.target)
         return response
 
-    async def _open_session(self, request: web.Request) -> tuple[web.StreamResponse, Session | None]:
+    def _client_left(self, client_ip: str) -> None:
+        if self.config.client.max_sessions_per_client:
+            left = self.per_client.get(client_ip, 1) - 1
+            if left > 0:
+                self.per_client[client_ip] = left
+            else:
+                self.per_client.pop(client_ip, None)
+
+    async def _open_session(self, request: web.BaseRequest) -> tuple[web.StreamResponse, Session | None]:
         """Check the request, open the upstream, answer 101 and start relaying; or refuse."""
-        refusal = self._precheck(request)
-        if refusal is not None:
-            self.metrics.handshake_failed(refusal.status)
-            return refusal, None
+        raw_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
+        checked = self._precheck(request, raw_headers)
+        if isinstance(checked, web.Response):
+            self.metrics.handshake_failed(checked.status)
+            return checked, None
+        target_path = checked
         client_config = self.config.client
         peer = request.transport.get_extra_info("peername") if request.transport else None
         peer_ip = peer[0] if peer else "unknown"
-        raw_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
         forwarded = forward_headers(raw_headers, peer_ip, self._networks)
+        per_client = client_config.max_sessions_per_client
+        if per_client:
+            held = self.per_client.get(forwarded.client_ip, 0)
+            if held >= per_client:
+                self.metrics.handshake_failed(429)
+                return _refuse(429, f"client {forwarded.client_ip} holds its limit of {per_client} sessions"), None
+            self.per_client[forwarded.client_ip] = held + 1
+        response, session = await self._connect_and_accept(request, raw_headers, forwarded, target_path)
+        if session is None:
+            self._client_left(forwarded.client_ip)
+        return response, session
+
+    async def _connect_and_accept(
+        self,
+        request: web.BaseRequest,
+        raw_headers: list[tuple[str, str]],
+        forwarded: ForwardedRequest,
+        target_path: str,
+    ) -> tuple[web.StreamResponse, Session | None]:
+        """Open the upstream leg, answer 101 and start relaying; or refuse as the upstream did."""
+        client_config = self.config.client
         offered = offered_subprotocols(raw_headers)
         session_id = uuid.uuid4().hex
         upstream_headers = [*forwarded.headers, (SESSION_ID_HEADER, session_id)]
@@ -168,7 +196,7 @@ class Gateway:
                 upstream, target = await connect_any(
                     self.pool,
                     self.config.upstream.connect_timeout,
-                    request.raw_path,
+                    target_path,
                     upstream_headers,
                     offered,
                     self.metrics.upstream_connect,
@@ -183,7 +211,7 @@ class Gateway:
             return _refuse(status, f"upstream unavailable: {exc}"), None
         except UpstreamRefused as exc:
             self.metrics.handshake_failed(exc.status)
-            if client_config.refusal is Refusal.CLOSE:
+            if client_config.refusal is RefusalMode.CLOSE:
                 return await self._accept_and_close(request, exc.status), None
             return _refuse(exc.status, f"upstream refused the WebSocket upgrade with HTTP {exc.status}"), None
         finally:
@@ -205,7 +233,7 @@ class Gateway:
         if reconnect.enabled:
             session.recovery = Recovery(
                 config=reconnect,
-                reopen=self._reopener(session, request.raw_path, upstream_headers, offered),
+                reopen=self._reopener(session, target_path, upstream_headers, offered),
                 subprotocol=upstream.subprotocol,
                 delays=lambda: full_jitter_backoff(reconnect.initial_backoff, reconnect.max_backoff),
                 breaker=Breaker(reconnect.max_reconnects, reconnect.breaker_window),
@@ -252,7 +280,7 @@ class Gateway:
         return reopen
 
     @staticmethod
-    def _switching_protocols(request: web.Request, subprotocol: str | None) -> web.StreamResponse:
+    def _switching_protocols(request: web.BaseRequest, subprotocol: str | None) -> web.StreamResponse:
         response = web.StreamResponse(
             status=101,
             headers={
@@ -266,7 +294,7 @@ class Gateway:
         response.force_close()
         return response
 
-    async def _accept_and_close(self, request: web.Request, status: int) -> web.StreamResponse:
+    async def _accept_and_close(self, request: web.BaseRequest, status: int) -> web.StreamResponse:
         """Refusal mode ``close``: upgrade, then close with 4000 + status so browsers see why."""
         response = self._switching_protocols(request, None)
         await response.prepare(request)
@@ -313,19 +341,21 @@ class Gateway:
     async def start(self) -> None:
         """Bind the traffic and admin listeners."""
         client = self.config.client
-        traffic = web.Application(client_max_size=1024)
-        traffic.router.add_route("*", "/{tail:.*}", self.handle)
+        guard = HeadGuard(client.handshake_timeout, self._has_room, self.metrics.handshake_failed, BadRequestLog())
+        # The low-level server: every path goes to handle() (no router), and each connection gets a
+        # request-head deadline and quiet error reports (gateway.http).
+        traffic = TrafficServer(
+            self.handle,
+            guard,
+            access_log=None,
+            max_line_size=client.max_header_size,
+            max_field_size=client.max_header_size,
+        )
         admin = web.Application()
         admin.router.add_get("/metrics", make_aiohttp_handler(self.metrics.registry))
         admin.router.add_get("/healthz", self.healthz)
         admin.router.add_get("/readyz", self.readyz)
-        traffic_runner = web.AppRunner(
-            traffic,
-            access_log=None,
-            max_line_size=client.max_header_size,
-            max_field_size=client.max_header_size,
-            handle_signals=False,
-        )
+        traffic_runner = web.ServerRunner(traffic, handle_signals=False)
         admin_runner = web.AppRunner(admin, access_log=None, handle_signals=False)
         for runner in (traffic_runner, admin_runner):
             await runner.setup()

@@ -5,6 +5,7 @@ Modules: :mod:`~gateway.core.codec` (frame encoding), :mod:`~gateway.core.scanne
 :mod:`~gateway.core.closerules` (close codes, and the close table as data),
 :mod:`~gateway.core.closing` (one leg's closing handshake),
 :mod:`~gateway.core.handshake` (the upstream upgrade request and response),
+:mod:`~gateway.core.upgrade` (strict checks of a client's upgrade request),
 :mod:`~gateway.core.forwarding` (which headers go upstream),
 :mod:`~gateway.core.replay` (the replay buffer), :mod:`~gateway.core.backoff`
 (retry decision, backoff, breaker), :mod:`~gateway.core.targets` (upstream

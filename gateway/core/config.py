@@ -34,7 +34,7 @@ __all__ = [
     "LegConfig",
     "ProxyConfig",
     "ReconnectConfig",
-    "Refusal",
+    "RefusalMode",
     "UpstreamConfig",
     "effective_config",
     "load_config",
@@ -45,7 +45,7 @@ ENV_PREFIX: Final = "GATEWAY_"
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 
 
-class Refusal(enum.Enum):
+class RefusalMode(enum.Enum):
     """How an upstream's refusal of the upgrade reaches the client (``client.refusal``)."""
 
     STATUS = "status"
@@ -85,7 +85,8 @@ class ClientConfig(LegConfig):
     """The client leg: browsers and other clients reaching the traffic port."""
 
     handshake_timeout: float
-    """Seconds the whole upgrade may take, the upstream handshake included."""
+    """Seconds a connection has to send its whole request head (else 408), and then again for the
+    upstream handshake (else 504)."""
     max_header_size: int
     """Largest request header block (and any single header line), in bytes."""
     allowed_origins: tuple[str, ...]
@@ -94,7 +95,9 @@ class ClientConfig(LegConfig):
     """Seconds a client may stay behind (buffer full) before it is closed with 1008."""
     close_timeout: float
     """Seconds to wait for a peer's close frame or TCP close after sending ours."""
-    refusal: Refusal
+    max_sessions_per_client: int
+    """Sessions one client address (trusted-proxy aware) may hold; 0: no limit. Over it: 429."""
+    refusal: RefusalMode
     """How an upstream handshake refusal reaches the client."""
 
 
@@ -200,6 +203,12 @@ def _positive_size(value: object) -> int:
     if size <= 0:
         raise ValueError("must be greater than 0")
     return size
+
+
+def _non_negative_int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("expected a whole number, 0 or more")
+    return value
 
 
 def _positive_int(value: object) -> int:
@@ -345,11 +354,12 @@ SCHEMA: Final[dict[str, Any]] = {
     "client": {
         **_leg_schema("20s", "16MiB"),
         "handshake_timeout": ("10s", _positive_duration),
+        "max_sessions_per_client": (0, _non_negative_int),
         "max_header_size": ("16KiB", _positive_size),
         "allowed_origins": ([], _origins),
         "slow_consumer_timeout": ("30s", _positive_duration),
         "close_timeout": ("5s", _positive_duration),
-        "refusal": ("status", _enum_choice(Refusal)),
+        "refusal": ("status", _enum_choice(RefusalMode)),
     },
     "upstream": {
         "url": ("ws://127.0.0.1:8000", _ws_urls),

@@ -1,10 +1,15 @@
 """Header rules for the upstream handshake: what is forwarded, what is set.
 
 Pure functions. Hop-by-hop and handshake headers are dropped (RFC 7230
-section 6.1, RFC 6455 section 4.1); X-Forwarded-For/-Proto/-Host and
-X-Request-ID from the peer are believed only when the peer is a trusted
-proxy, otherwise they are replaced. The client address in logs is the
-right-most address in X-Forwarded-For that is not a trusted proxy.
+section 6.1, RFC 6455 section 4.1). Headers the gateway owns
+(:func:`is_gateway_owned`: its ``X-Gateway-*`` namespace, ``X-Forwarded-*``,
+``Forwarded``, ``X-Real-IP``, ``X-Request-ID``) are never passed on as the
+client sent them: ``X-Gateway-*`` is always removed (the server adds its own),
+the forwarding headers are believed only from a trusted proxy (and then merged
+into one value each), and the upstream sees exactly one value of each. Names
+are compared with ``_`` read as ``-``, because WSGI/CGI-style servers merge
+the two. The client address in logs is the right-most address in
+X-Forwarded-For that is not a trusted proxy.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["ForwardedRequest", "forward_headers", "is_trusted", "offered_subprotocols"]
+__all__ = ["GATEWAY_PREFIX", "ForwardedRequest", "forward_headers", "is_gateway_owned", "is_trusted",
+           "offered_subprotocols"]
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -48,10 +54,20 @@ HANDSHAKE: Final = frozenset(
 )
 """Handshake headers the gateway writes itself for the upstream leg."""
 
-SET_BY_GATEWAY: Final = frozenset(
-    {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id", "forwarded", "x-real-ip"}
-)
-"""Headers rebuilt by the gateway (kept from trusted proxies only)."""
+GATEWAY_PREFIX: Final = "x-gateway-"
+"""The gateway's own header namespace (X-Gateway-Session-Id, X-Gateway-Reconnect): never from a client."""
+
+FORWARDING: Final = frozenset({"forwarded", "x-real-ip", "x-request-id"})
+"""Forwarding headers besides ``X-Forwarded-*``: believed from trusted proxies only."""
+
+REBUILT: Final = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id"})
+"""Headers the gateway always sets itself (from a trusted proxy's value, or from the connection)."""
+
+
+def is_gateway_owned(name: str) -> bool:
+    """Whether the gateway owns header ``name``: one list, used for every request (issue 9, point 1)."""
+    lowered = name.lower().replace("_", "-")
+    return lowered.startswith((GATEWAY_PREFIX, "x-forwarded-")) or lowered in FORWARDING
 
 _REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
@@ -121,11 +137,10 @@ def forward_headers(
         lowered = name.lower()
         if lowered in HOP_BY_HOP or lowered in HANDSHAKE or lowered in connection_tokens:
             continue
-        if lowered in SET_BY_GATEWAY:
-            if lowered in incoming:
-                incoming[lowered] += ", " + value
-            else:
-                incoming[lowered] = value
+        if is_gateway_owned(lowered):
+            lowered = lowered.replace("_", "-")
+            if trusted and not lowered.startswith(GATEWAY_PREFIX):
+                incoming[lowered] = f"{incoming[lowered]}, {value}" if lowered in incoming else value
             continue
         kept.append((name, value))
     host = next((v for n, v in items if n.lower() == "host"), "")
@@ -141,6 +156,6 @@ def forward_headers(
     if forwarded_host:
         kept.append(("X-Forwarded-Host", forwarded_host.split(",")[0].strip()))
     kept.append(("X-Request-ID", request_id))
-    if trusted and "forwarded" in incoming:
-        kept.append(("Forwarded", incoming["forwarded"]))
+    # Other forwarding headers of a trusted proxy (Forwarded, X-Real-IP, X-Forwarded-Port, ...): one value each.
+    kept.extend((name, value) for name, value in incoming.items() if name not in REBUILT)
     return ForwardedRequest(kept, _client_ip(peer, forwarded_for, networks), request_id)

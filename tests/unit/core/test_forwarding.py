@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from gateway.core.forwarding import forward_headers, offered_subprotocols
+from gateway.core.forwarding import forward_headers, is_gateway_owned, offered_subprotocols
 from gateway.core.handshake import HandshakeError, UpgradeResponse, accept_key, check_accept, parse_upgrade_response
 
 TRUSTED = (ipaddress.ip_network("10.0.0.0/8"),)
@@ -70,3 +70,27 @@ def test_upgrade_response_checks() -> None:
         check_accept(UpgradeResponse(101, "", [("Upgrade", "websocket"), ("Connection", "upgrade")]), key, [])
     with pytest.raises(HandshakeError):
         parse_upgrade_response(b"garbage")
+
+
+@pytest.mark.parametrize("peer", ["192.0.2.1", "10.0.0.1"])
+def test_gateway_owned_headers_reach_the_upstream_once(peer: str) -> None:
+    """Spoofed X-Gateway-* (any case, _ for -) never pass; each forwarding header goes upstream exactly once."""
+    spoofed = [("X-Gateway-Session-Id", "victim"), ("x-gateway-reconnect", "1"), ("X_Gateway_Session_Id", "v2"),
+               ("X-Forwarded-For", "6.6.6.6"), ("X-Forwarded-For", "7.7.7.7"), ("X-Forwarded-Proto", "https"),
+               ("X-Forwarded-Port", "443"), ("X-Real-IP", "6.6.6.6"), ("Forwarded", "for=6.6.6.6"),
+               ("X-Request-ID", "rid-1"), ("X-Request-ID", "rid-2"), ("Host", "app")]
+    names = [name.lower().replace("_", "-") for name, _ in forward_headers(spoofed, peer, TRUSTED).headers]
+    assert not [name for name in names if name.startswith("x-gateway-")]
+    for owned in ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id"):
+        assert names.count(owned) == 1, owned
+    for owned in ("x-forwarded-port", "x-real-ip", "forwarded"):
+        assert names.count(owned) == (1 if peer.startswith("10.") else 0), (owned, peer)
+
+
+def test_is_gateway_owned_is_the_one_list() -> None:
+    """The gateway's namespace and the forwarding headers are owned; ordinary headers are not."""
+    for name in ("X-Gateway-Anything", "x_gateway_session_id", "X-Forwarded-Prefix", "Forwarded", "X-Real-IP",
+                 "X-Request-ID"):
+        assert is_gateway_owned(name), name
+    for name in ("Cookie", "Authorization", "X-Gateway", "Origin"):
+        assert not is_gateway_owned(name), name
