@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -16,10 +18,12 @@ import uvloop
 import yaml
 
 from gateway import __version__
-from gateway.core.config import ConfigError, GatewayConfig, effective_config, load_config
+from gateway.core.config import ConfigError, GatewayConfig, effective_config, load_config, unknown_environment
 from gateway.sessionlog import configure_logging
 
 __all__ = ["main"]
+
+logger = logging.getLogger("gateway.cli")
 
 EXIT_BAD_CONFIG = 2
 
@@ -27,8 +31,11 @@ EXIT_BAD_CONFIG = 2
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ws-gateway",
+        usage="ws-gateway [--config FILE] [--listen HOST:PORT] [--upstream URL] [--admin-listen HOST:PORT] "
+        "[--log-level LEVEL]\n       ws-gateway check-config FILE",
         description="WebSocket gateway sidecar: relays client WebSockets to an upstream app. "
-        "Subcommand: 'ws-gateway check-config FILE' validates a file and prints the effective config.",
+        "'ws-gateway check-config FILE' validates a file and prints the effective configuration "
+        "(GATEWAY_* environment variables applied).",
     )
     parser.add_argument("--config", metavar="FILE", help="YAML configuration file (see config/gateway.yaml)")
     parser.add_argument("--listen", metavar="HOST:PORT", help="traffic listener (default 0.0.0.0:8080)")
@@ -61,6 +68,8 @@ def _check_config(argv: Sequence[str]) -> int:
     except ConfigError as exc:
         print(f"ws-gateway: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
+    for warning in unknown_environment(os.environ):
+        print(f"ws-gateway: warning: {warning}", file=sys.stderr)
     print(f"# {args.file}: valid. Effective configuration (GATEWAY_* variables applied):")
     print(yaml.safe_dump(effective_config(config), sort_keys=False), end="")
     return 0
@@ -70,6 +79,8 @@ def _run(config: GatewayConfig) -> int:
     from gateway.server import run_gateway
 
     configure_logging(config.log_level)
+    for warning in unknown_environment(os.environ):
+        logger.warning(warning)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(run_gateway(config))
     return 0

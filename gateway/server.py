@@ -387,7 +387,14 @@ class Gateway:
                 session.recovery.allowed = False  # while draining, an upstream loss closes the client
         self.metrics.set_draining(True)
         self.metrics.set_ready(False)
-        logger.info("drain started", extra={"fields": {"sessions": len(self.sessions)}})
+        drain = self.config.drain
+        logger.info(
+            f"drain started: /readyz fails now; the listener stays open {drain.listener_delay:g}s more so load "
+            f"balancers stop sending clients, then {len(self.sessions)} open sessions get 1012 over "
+            f"{drain.spread:g}s; exit within {drain.timeout:g}s",
+            extra={"fields": {"sessions": len(self.sessions), "listener_delay": drain.listener_delay,
+                              "spread": drain.spread, "timeout": drain.timeout}},
+        )
         asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:

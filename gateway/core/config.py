@@ -12,9 +12,11 @@ what is allowed. ``config/gateway.yaml`` documents every key shown here.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import enum
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -39,6 +41,7 @@ __all__ = [
     "effective_config",
     "load_config",
     "parse_host_port",
+    "unknown_environment",
 ]
 
 ENV_PREFIX: Final = "GATEWAY_"
@@ -223,7 +226,19 @@ def _boolean(value: object) -> bool:
     return value
 
 
+def _as_list(value: object) -> object:
+    """One list syntax for every list key: a YAML list, or (in GATEWAY_* variables) ``a,b`` or one value."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return [value]
+    return value
+
+
 def _close_codes(value: object) -> frozenset[int]:
+    value = _as_list(value)
+    if isinstance(value, list):
+        value = [int(v) if isinstance(v, str) and v.isdigit() else v for v in value]
     if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
         raise ValueError("expected a list of close codes such as [1001, 1006, 1011, 1012]")
     bad = [v for v in value if not (1000 <= v <= 4999)]
@@ -288,7 +303,9 @@ def _host_port(value: object) -> str:
 
 
 def _ws_urls(value: object) -> tuple[str, ...]:
-    items = value if isinstance(value, list) else [value]
+    items = _as_list(value)
+    if not isinstance(items, list):
+        items = [items]
     if not items:
         raise ValueError("expected at least one ws:// URL")
     return tuple(_ws_url(item) for item in items)
@@ -309,8 +326,7 @@ def _ws_url(value: object) -> str:
 def _string_list(value: object) -> tuple[str, ...]:
     if value is None:
         return ()
-    if isinstance(value, str):
-        value = [v for v in value.split(",") if v.strip()]
+    value = _as_list(value)
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError("expected a list of strings")
     return tuple(v.strip() for v in value)
@@ -403,6 +419,43 @@ def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
+
+
+_SERVICE_LINKS: Final = re.compile(
+    r"^GATEWAY_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)?)$"
+)
+"""What Kubernetes injects into every pod of a namespace with a Service named ``gateway``."""
+
+
+def _env_names(schema: Mapping[str, Any], prefix: str) -> dict[str, str]:
+    """Every GATEWAY_* variable the configuration reads, with the key it sets."""
+    names: dict[str, str] = {}
+    for key, spec in schema.items():
+        name = prefix + key.upper()
+        if isinstance(spec, dict):
+            names.update({n: f"{key}.{k}" for n, k in _env_names(spec, name + "_").items()})
+        else:
+            names[name] = key
+    return names
+
+
+def unknown_environment(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each GATEWAY_* variable that sets nothing, naming the closest known one.
+
+    Kubernetes service-link variables (``GATEWAY_PORT``, ``GATEWAY_SERVICE_HOST``,
+    ``GATEWAY_PORT_80_TCP_ADDR``...) are ignored: they must never stop the gateway from starting.
+    """
+    known = _env_names(SCHEMA, ENV_PREFIX)
+    warnings = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in known or _SERVICE_LINKS.match(name):
+            continue
+        # Compare what follows the prefix: the shared GATEWAY_ would make every name look close.
+        suffixes = {known_name[len(ENV_PREFIX):]: known_name for known_name in known}
+        close = difflib.get_close_matches(name[len(ENV_PREFIX):], list(suffixes), n=1, cutoff=0.75)
+        hint = f"; did you mean {suffixes[close[0]]} ({known[suffixes[close[0]]]})?" if close else ""
+        warnings.append(f"environment variable {name} is not a ws-gateway setting and is ignored{hint}")
+    return warnings
 
 
 def _env_overrides(environ: Mapping[str, str], schema: Mapping[str, Any], prefix: str) -> dict[str, Any]:

@@ -15,13 +15,21 @@ _DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _SIZE_UNITS: Final = {
     "": 1,
     "b": 1,
+    "k": 1000,
     "kb": 1000,
+    "m": 1000**2,
     "mb": 1000**2,
+    "g": 1000**3,
     "gb": 1000**3,
+    "ki": 1024,
     "kib": 1024,
+    "mi": 1024**2,
     "mib": 1024**2,
+    "gi": 1024**3,
     "gib": 1024**3,
 }
+"""Decimal (K, KB, M, MB, G, GB) and binary (Ki, KiB, Mi, MiB, Gi, GiB) units, any case, as Kubernetes
+quantities write them (``16M`` is 16,000,000 bytes, ``16Mi`` and ``16MiB`` are 16,777,216)."""
 _NUMBER_UNIT: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
 
@@ -47,7 +55,7 @@ def parse_duration(value: object) -> float:
 
 
 def parse_size(value: object) -> int:
-    """Parse ``"16MiB"``, ``"64KiB"``, ``"1MB"`` or a bare number of bytes.
+    """Parse ``"16MiB"``, ``"16Mi"``, ``"64KiB"``, ``"1MB"``, ``"1M"`` or a bare number of bytes.
 
     Raises:
         ValueError: the value is negative, fractional in bytes, or has another unit.
@@ -60,7 +68,7 @@ def parse_size(value: object) -> int:
         match = _NUMBER_UNIT.match(str(value))
         unit = match.group(2).lower() if match else None
         if match is None or unit not in _SIZE_UNITS:
-            raise ValueError("expected a size such as 64KiB, 16MiB or 1048576")
+            raise ValueError("expected a size such as 64KiB, 16MiB, 16Mi, 16M (decimal) or 1048576")
         exact = float(match.group(1)) * _SIZE_UNITS[unit]
         if exact != int(exact):
             raise ValueError("a size must be a whole number of bytes")

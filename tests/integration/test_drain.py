@@ -49,3 +49,5 @@ async def test_sigterm_drains_sessions_with_1012(
     assert len(lines) == 5
     assert {(e["client_code"], e["upstream_code"], e["initiator"], e["cause"]) for e in lines} == \
         {(1012, 1001, "gateway", "shutdown")}
+    started = [line for line in gw.output().splitlines() if "drain started" in line]
+    assert len(started) == 1 and "the listener stays open 1s more" in started[0] and "5 open sessions" in started[0]

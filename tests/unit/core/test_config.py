@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.core.config import ConfigError, effective_config, load_config
+from gateway.core.config import ConfigError, effective_config, load_config, unknown_environment
 from gateway.core.units import parse_duration, parse_size
 from tests.support import ROOT
 
@@ -116,3 +117,49 @@ def test_notice_templates_checked() -> None:
         load_config(overrides={"reconnect": {"notify_resume": "back after {seconds}s"}}, environ={})
     config = load_config(overrides={"reconnect": {"notify_resume": "back after {outage_ms} ms"}}, environ={})
     assert config.reconnect.notify_resume == "back after {outage_ms} ms"
+
+
+def test_every_list_key_takes_one_syntax_in_the_environment() -> None:
+    """``a,b`` (or a YAML list, or one value) works for every list key: URLs, codes, origins, proxies."""
+    env = {"GATEWAY_UPSTREAM_URL": "ws://127.0.0.1:8001,ws://127.0.0.1:8002",
+           "GATEWAY_RECONNECT_CODES": "1001,1006",
+           "GATEWAY_CLIENT_ALLOWED_ORIGINS": "https://a.example, https://b.example",
+           "GATEWAY_PROXY_TRUSTED_PROXIES": "10.0.0.0/8,192.168.0.0/16"}
+    config = load_config(environ=env)
+    assert config.upstream.url == ("ws://127.0.0.1:8001", "ws://127.0.0.1:8002")
+    assert config.reconnect.codes == frozenset({1001, 1006})
+    assert config.client.allowed_origins == ("https://a.example", "https://b.example")
+    assert config.proxy.trusted_proxies == ("10.0.0.0/8", "192.168.0.0/16")
+    assert load_config(environ={"GATEWAY_RECONNECT_CODES": "[1012]"}).reconnect.codes == frozenset({1012})
+    assert load_config(environ={"GATEWAY_RECONNECT_CODES": "1012"}).reconnect.codes == frozenset({1012})
+
+
+def test_unknown_variables_are_named_with_the_closest_key_and_service_links_ignored() -> None:
+    """A misspelt GATEWAY_* variable gets a warning naming the key it was meant to be; Kubernetes' do not."""
+    env = {"GATEWAY_CLIENT_PINGINTERVAL": "5s", "GATEWAY_PORT": "tcp://10.0.0.1:80",
+           "GATEWAY_PORT_80_TCP": "tcp://10.0.0.1:80", "GATEWAY_PORT_80_TCP_ADDR": "10.0.0.1",
+           "GATEWAY_PORT_80_TCP_PORT": "80", "GATEWAY_PORT_80_TCP_PROTO": "tcp", "GATEWAY_SERVICE_HOST": "10.0.0.1",
+           "GATEWAY_SERVICE_PORT": "80", "GATEWAY_SERVICE_PORT_HTTP": "80", "OTHER": "x"}
+    warnings = unknown_environment(env)
+    assert warnings == ["environment variable GATEWAY_CLIENT_PINGINTERVAL is not a ws-gateway setting and is "
+                        "ignored; did you mean GATEWAY_CLIENT_PING_INTERVAL (client.ping_interval)?"]
+    assert load_config(environ=env).client.ping_interval == 20, "service links and typos never stop a start"
+
+
+def test_sizes_take_kubernetes_style_units() -> None:
+    """16M is decimal (16,000,000), 16Mi and 16MiB binary; units in any case."""
+    assert parse_size("16M") == 16_000_000 and parse_size("16mb") == 16_000_000
+    assert parse_size("16Mi") == parse_size("16MiB") == 16 * 1024 * 1024
+    assert parse_size("64Ki") == 65536
+
+
+def test_help_names_both_forms_of_the_command() -> None:
+    """--help's usage line shows the server flags and check-config."""
+    usage = run_cli("--help").stdout
+    assert "ws-gateway check-config FILE" in usage.split("\n\n")[0]
+    result = subprocess.run([sys.executable, "-m", "gateway", "check-config", str(DOCUMENTED)], capture_output=True,
+                            text=True, cwd=ROOT, timeout=60, check=False,
+                            env={**os.environ, "GATEWAY_UPSTREAM_URLS": "ws://x:1"})
+    assert result.returncode == 0
+    assert "GATEWAY_UPSTREAM_URLS is not a ws-gateway setting" in result.stderr
+    assert "did you mean GATEWAY_UPSTREAM_URL" in result.stderr
