@@ -208,8 +208,8 @@ class GatewayMetrics:
             self._closes.labels(leg, code_label(code), initiator.value, cause.value)
         for status in HANDSHAKE_STATUSES:
             self._handshake_failures.labels(status)
-        for result in CONNECT_RESULTS:
-            self._connects.labels(result)
+        self._connect_children = {result: self._connects.labels(result) for result in CONNECT_RESULTS}
+        self._close_children: dict[tuple[str, int, Initiator, Cause], Counter] = {}
         for result in RECONNECT_RESULTS:
             self._reconnects.labels(result)
         for policy in OverflowPolicy:
@@ -234,8 +234,13 @@ class GatewayMetrics:
             self.folded_traffic[index] += value
         for index, value in enumerate(session.discarded()):
             self.folded_discarded[index] += value
+        children = self._close_children
         for leg, code, initiator, cause in legs:
-            self._closes.labels(leg, code_label(code), initiator.value, cause.value).inc()
+            key = (leg, code, initiator, cause)
+            child = children.get(key)
+            if child is None:  # bound once per series: labels() costs a few µs per call
+                child = children[key] = self._closes.labels(leg, code_label(code), initiator.value, cause.value)
+            child.inc()
 
     def ping_answered(self, leg: str, seconds: float) -> None:
         """A gateway ping got its pong after ``seconds``."""
@@ -260,7 +265,7 @@ class GatewayMetrics:
 
     def upstream_connect(self, result: str) -> None:
         """An upstream connection attempt ended with ``result`` (one of CONNECT_RESULTS)."""
-        self._connects.labels(result).inc()
+        self._connect_children[result].inc()
 
     def reconnect_attempt(self, result: str) -> None:
         """A reconnect attempt ended with ``result`` (one of RECONNECT_RESULTS)."""

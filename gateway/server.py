@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
-import uuid
 from typing import Final
 
 from aiohttp import web
@@ -188,7 +188,7 @@ class Gateway:
         """Open the upstream leg, answer 101 and start relaying; or refuse as the upstream did."""
         client_config = self.config.client
         offered = offered_subprotocols(raw_headers)
-        session_id = uuid.uuid4().hex
+        session_id = os.urandom(16).hex()
         upstream_headers = [*forwarded.headers, (SESSION_ID_HEADER, session_id)]
         self.handshakes += 1
         try:

@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -51,9 +51,18 @@ class SessionRecord:
     """Time spent waiting for the upstream to come back."""
 
 
+_FIELDS: Final = tuple(field.name for field in dataclasses.fields(SessionRecord))
+
+
 def log_session(record: SessionRecord) -> None:
-    """Write the session's closing line (``event: session_closed``)."""
-    fields = dataclasses.asdict(record)
+    """Write the session's closing line (``event: session_closed``).
+
+    The fields are read directly: ``dataclasses.asdict`` deep-copies every value, which cost
+    more than the rest of the line on every session's end.
+    """
+    if not session_logger.isEnabledFor(logging.INFO):
+        return
+    fields: dict[str, Any] = {name: getattr(record, name) for name in _FIELDS}
     fields["duration"] = round(record.duration, 3)
     fields["outage_seconds"] = round(record.outage_seconds, 3)
     session_logger.info("session closed", extra={"fields": {"event": "session_closed", **fields}})

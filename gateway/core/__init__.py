@@ -9,6 +9,7 @@ Modules: :mod:`~gateway.core.codec` (frame encoding), :mod:`~gateway.core.scanne
 :mod:`~gateway.core.forwarding` (which headers go upstream),
 :mod:`~gateway.core.replay` (the replay buffer), :mod:`~gateway.core.backoff`
 (retry decision, backoff, breaker), :mod:`~gateway.core.targets` (upstream
-targets), :mod:`~gateway.core.config` and :mod:`~gateway.core.units`.
+targets), :mod:`~gateway.core.config`, :mod:`~gateway.core.parsers` and
+:mod:`~gateway.core.units`.
 Nothing here imports the asyncio layer above it.
 """

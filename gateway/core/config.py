@@ -17,16 +17,33 @@ import enum
 import ipaddress
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import yaml
 
+from gateway.core.parsers import (
+    Parser,
+    boolean,
+    choice,
+    cidrs,
+    close_codes,
+    enum_choice,
+    host_port,
+    non_negative_int,
+    optional_duration,
+    origins,
+    parse_host_port,
+    positive_duration,
+    positive_int,
+    positive_size,
+    template,
+    ws_urls,
+)
 from gateway.core.replay import OverflowPolicy
 from gateway.core.targets import Selection
-from gateway.core.units import format_duration, format_size, parse_duration, parse_size
+from gateway.core.units import format_duration, format_size, parse_duration
 
 __all__ = [
     "ClientConfig",
@@ -190,222 +207,61 @@ class GatewayConfig:
     reconnect: ReconnectConfig
 
 
-# Key -> (default, parser). Parsers raise ValueError with what is allowed.
-_Parser = Callable[[Any], Any]
-
-
-def _positive_duration(value: object) -> float:
-    seconds = parse_duration(value)
-    if seconds <= 0:
-        raise ValueError("must be greater than 0")
-    return seconds
-
-
-def _positive_size(value: object) -> int:
-    size = parse_size(value)
-    if size <= 0:
-        raise ValueError("must be greater than 0")
-    return size
-
-
-def _non_negative_int(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError("expected a whole number, 0 or more")
-    return value
-
-
-def _positive_int(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError("expected a whole number greater than 0")
-    return value
-
-
-def _boolean(value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError("expected true or false")
-    return value
-
-
-def _as_list(value: object) -> object:
-    """One list syntax for every list key: a YAML list, or (in GATEWAY_* variables) ``a,b`` or one value."""
-    if isinstance(value, str):
-        return [item.strip() for item in value.split(",") if item.strip()]
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return [value]
-    return value
-
-
-def _close_codes(value: object) -> frozenset[int]:
-    value = _as_list(value)
-    if isinstance(value, list):
-        value = [int(v) if isinstance(v, str) and v.isdigit() else v for v in value]
-    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        raise ValueError("expected a list of close codes such as [1001, 1006, 1011, 1012]")
-    bad = [v for v in value if not (1000 <= v <= 4999)]
-    if bad:
-        raise ValueError(f"{bad} are not close codes (1000-4999)")
-    return frozenset(value)
-
-
-def _template(fields: tuple[str, ...]) -> _Parser:
-    def parse(value: object) -> str:
-        text = "" if value is None else str(value)
-        try:
-            text.format(**{name: 0 for name in fields})
-        except (KeyError, IndexError, ValueError):
-            raise ValueError(f"a template may use only {', '.join('{' + f + '}' for f in fields)}") from None
-        return text
-
-    return parse
-
-
-def _optional_duration(value: object) -> float | None:
-    return None if value is None else _positive_duration(value)
-
-
-def _enum_choice(kind: type[enum.Enum]) -> _Parser:
-    def parse(value: object) -> enum.Enum:
-        text = str(value).lower()
-        for member in kind:
-            if member.value == text:
-                return member
-        raise ValueError(f"expected one of {', '.join(str(m.value) for m in kind)}")
-
-    return parse
-
-
-def _choice(options: tuple[str, ...]) -> _Parser:
-    def parse(value: object) -> str:
-        text = str(value).lower()
-        if text not in options:
-            raise ValueError(f"expected one of {', '.join(options)}")
-        return text
-
-    return parse
-
-
-def parse_host_port(value: object) -> tuple[str, int]:
-    """Split ``HOST:PORT`` (``[v6]:PORT`` for IPv6).
-
-    Raises:
-        ValueError: no port, or a port outside 1-65535.
-    """
-    text = str(value)
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError("expected HOST:PORT with a port from 1 to 65535")
-    return host.strip("[]") or "0.0.0.0", int(port_text)  # noqa: S104 - a listener binds all interfaces by design
-
-
-def _host_port(value: object) -> str:
-    parse_host_port(value)
-    return str(value)
-
-
-def _ws_urls(value: object) -> tuple[str, ...]:
-    items = _as_list(value)
-    if not isinstance(items, list):
-        items = [items]
-    if not items:
-        raise ValueError("expected at least one ws:// URL")
-    return tuple(_ws_url(item) for item in items)
-
-
-def _ws_url(value: object) -> str:
-    text = str(value)
-    parts = urlsplit(text)
-    if parts.scheme != "ws" or not parts.hostname or parts.query or parts.fragment:
-        raise ValueError("expected ws://HOST[:PORT][/PREFIX] (wss is not supported on the loopback leg)")
-    try:
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError:
-        raise ValueError("the port must be from 1 to 65535") from None
-    return text
-
-
-def _string_list(value: object) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    value = _as_list(value)
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ValueError("expected a list of strings")
-    return tuple(v.strip() for v in value)
-
-
-def _origins(value: object) -> tuple[str, ...]:
-    origins = _string_list(value)
-    for origin in origins:
-        parts = urlsplit(origin)
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path:
-            raise ValueError(f"origin {origin!r} is not scheme://host[:port]")
-    return tuple(o.lower() for o in origins)
-
-
-def _cidrs(value: object) -> tuple[str, ...]:
-    cidrs = _string_list(value)
-    for cidr in cidrs:
-        try:
-            ipaddress.ip_network(cidr, strict=False)
-        except ValueError:
-            raise ValueError(f"{cidr!r} is not an IP address or CIDR") from None
-    return cidrs
-
-
-def _leg_schema(ping_interval: str, max_message: str) -> dict[str, tuple[Any, _Parser]]:
+def _leg_schema(ping_interval: str, max_message: str) -> dict[str, tuple[Any, Parser]]:
     return {
         "ping_interval": (ping_interval, parse_duration),
-        "ping_timeout": ("10s", _positive_duration),
+        "ping_timeout": ("10s", positive_duration),
         "ping_jitter": ("2s", parse_duration),
-        "max_message_size": (max_message, _positive_size),
-        "max_frame_size": ("1MiB", _positive_size),
-        "max_buffered": ("1MiB", _positive_size),
+        "max_message_size": (max_message, positive_size),
+        "max_frame_size": ("1MiB", positive_size),
+        "max_buffered": ("1MiB", positive_size),
     }
 
 
 SCHEMA: Final[dict[str, Any]] = {
-    "listen": ("0.0.0.0:8080", _host_port),
-    "admin_listen": ("0.0.0.0:9102", _host_port),
-    "log_level": ("info", _choice(LOG_LEVELS)),
-    "max_sessions": (10000, _positive_int),
+    "listen": ("0.0.0.0:8080", host_port),
+    "admin_listen": ("0.0.0.0:9102", host_port),
+    "log_level": ("info", choice(LOG_LEVELS)),
+    "max_sessions": (10000, positive_int),
     "client": {
         **_leg_schema("20s", "16MiB"),
-        "handshake_timeout": ("10s", _positive_duration),
-        "max_sessions_per_client": (0, _non_negative_int),
-        "max_header_size": ("16KiB", _positive_size),
-        "allowed_origins": ([], _origins),
-        "slow_consumer_timeout": ("30s", _positive_duration),
-        "close_timeout": ("5s", _positive_duration),
-        "refusal": ("status", _enum_choice(RefusalMode)),
+        "handshake_timeout": ("10s", positive_duration),
+        "max_sessions_per_client": (0, non_negative_int),
+        "max_header_size": ("16KiB", positive_size),
+        "allowed_origins": ([], origins),
+        "slow_consumer_timeout": ("30s", positive_duration),
+        "close_timeout": ("5s", positive_duration),
+        "refusal": ("status", enum_choice(RefusalMode)),
     },
     "upstream": {
-        "url": ("ws://127.0.0.1:8000", _ws_urls),
-        "connect_timeout": ("5s", _positive_duration),
-        "selection": ("round_robin", _enum_choice(Selection)),
+        "url": ("ws://127.0.0.1:8000", ws_urls),
+        "connect_timeout": ("5s", positive_duration),
+        "selection": ("round_robin", enum_choice(Selection)),
         "cooldown": ("5s", parse_duration),
         **_leg_schema("20s", "16MiB"),
     },
     "proxy": {
-        "trusted_proxies": ([], _cidrs),
-        "idle_timeout": (None, _optional_duration),
+        "trusted_proxies": ([], cidrs),
+        "idle_timeout": (None, optional_duration),
     },
     "reconnect": {
-        "enabled": (True, _boolean),
-        "codes": ([1001, 1006, 1011, 1012, 1013, 1014], _close_codes),
-        "initial_backoff": ("100ms", _positive_duration),
-        "max_backoff": ("2s", _positive_duration),
-        "give_up_after": ("30s", _positive_duration),
-        "max_reconnects": (5, _positive_int),
-        "breaker_window": ("60s", _positive_duration),
-        "buffer_messages": (1000, _positive_int),
-        "buffer_bytes": ("1MiB", _positive_size),
-        "overflow": ("close", _enum_choice(OverflowPolicy)),
-        "notify_loss": ("", _template(("session_id",))),
-        "notify_resume": ("", _template(("session_id", "outage_ms", "replayed"))),
+        "enabled": (True, boolean),
+        "codes": ([1001, 1006, 1011, 1012, 1013, 1014], close_codes),
+        "initial_backoff": ("100ms", positive_duration),
+        "max_backoff": ("2s", positive_duration),
+        "give_up_after": ("30s", positive_duration),
+        "max_reconnects": (5, positive_int),
+        "breaker_window": ("60s", positive_duration),
+        "buffer_messages": (1000, positive_int),
+        "buffer_bytes": ("1MiB", positive_size),
+        "overflow": ("close", enum_choice(OverflowPolicy)),
+        "notify_loss": ("", template(("session_id",))),
+        "notify_resume": ("", template(("session_id", "outage_ms", "replayed"))),
     },
     "drain": {
         "listener_delay": ("5s", parse_duration),
         "spread": ("10s", parse_duration),
-        "timeout": ("25s", _positive_duration),
+        "timeout": ("25s", positive_duration),
     },
 }
 """Every key with its default (as written in config/gateway.yaml) and parser."""

@@ -15,8 +15,8 @@ X-Forwarded-For that is not a trusted proxy.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -150,7 +150,7 @@ def forward_headers(
     forwarded_host = incoming.get("x-forwarded-host", host) if trusted else host
     request_id = incoming.get("x-request-id", "") if trusted else ""
     if not _REQUEST_ID.match(request_id):
-        request_id = uuid.uuid4().hex
+        request_id = os.urandom(16).hex()
     kept.append(("X-Forwarded-For", xff))
     kept.append(("X-Forwarded-Proto", proto.split(",")[0].strip()))
     if forwarded_host:

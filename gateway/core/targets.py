@@ -26,16 +26,16 @@ class Target:
     base_path: str
     sessions: int = 0
     cool_until: float = 0.0
+    address: str = ""
+    """``host:port``, also the Host header sent to it (set from host and port)."""
+
+    def __post_init__(self) -> None:
+        self.address = f"{self.host}:{self.port}"
 
     @classmethod
     def from_url(cls, url: str) -> Target:
         parts = urlsplit(url)
         return cls(url, parts.hostname or "127.0.0.1", parts.port or 80, parts.path.rstrip("/"))
-
-    @property
-    def address(self) -> str:
-        """``host:port``, also the Host header sent to it."""
-        return f"{self.host}:{self.port}"
 
 
 class Selection(enum.Enum):

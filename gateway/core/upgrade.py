@@ -39,17 +39,17 @@ class Refusal:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def _values(headers: Sequence[tuple[str, str]], name: str) -> list[str]:
-    """Every value of header ``name``, comma-separated lists split (RFC 9110 5.3)."""
-    found: list[str] = []
+def _by_name(headers: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    """The headers' values by lower-cased name, in order (one pass over them)."""
+    values: dict[str, list[str]] = {}
     for key, value in headers:
-        if key.lower() == name:
-            found.extend(part.strip() for part in value.split(","))
-    return found
+        values.setdefault(key.lower(), []).append(value)
+    return values
 
 
-def _tokens(headers: Sequence[tuple[str, str]], name: str) -> set[str]:
-    return {value.lower() for value in _values(headers, name) if value}
+def _items(values: list[str]) -> list[str]:
+    """The comma-separated items of a header's values (RFC 9110 5.3)."""
+    return [part.strip() for value in values for part in value.split(",")]
 
 
 def origin_form(target: str) -> str | None:
@@ -80,7 +80,10 @@ def check_upgrade(
     Returns:
         The target in origin-form to relay upstream, or the refusal to answer with.
     """
-    if "websocket" not in _tokens(headers, "upgrade") or "upgrade" not in _tokens(headers, "connection"):
+    named = _by_name(headers)
+    upgrade = {item.lower() for item in _items(named.get("upgrade", []))}
+    connection = {item.lower() for item in _items(named.get("connection", []))}
+    if "websocket" not in upgrade or "upgrade" not in connection:
         return Refusal(
             426,
             "ws-gateway relays WebSocket upgrades only; this was a plain HTTP request",
@@ -90,18 +93,16 @@ def check_upgrade(
         return Refusal(400, "a WebSocket upgrade needs HTTP/1.1 or later")
     if method != "GET":
         return Refusal(400, "a WebSocket upgrade must use GET")
-    if any(key.lower() == "transfer-encoding" for key, _ in headers) or any(
-        value not in ("", "0") for value in _values(headers, "content-length")
-    ):
+    if "transfer-encoding" in named or any(v not in ("", "0") for v in _items(named.get("content-length", []))):
         return Refusal(400, "a WebSocket upgrade request has no body")
-    if len([key for key, _ in headers if key.lower() == "host"]) != 1:
+    if len(named.get("host", ())) != 1:
         return Refusal(400, "a request needs exactly one Host header")
-    versions = [value for value in _values(headers, "sec-websocket-version") if value]
+    versions = [item for item in _items(named.get("sec-websocket-version", [])) if item]
     if len(versions) > 1:
         return Refusal(400, "exactly one Sec-WebSocket-Version is allowed")
     if versions != ["13"]:
         return Refusal(426, "unsupported WebSocket version; use 13", {"Sec-WebSocket-Version": "13"})
-    keys = [value for key, value in headers if key.lower() == "sec-websocket-key"]
+    keys = named.get("sec-websocket-key", [])
     if len(keys) != 1:
         return Refusal(400, "exactly one Sec-WebSocket-Key is needed")
     try:
