@@ -129,10 +129,17 @@ class GuardedRequestHandler(RequestHandler):
         self._head_deadline = asyncio.get_running_loop().call_later(guard.timeout, self._head_timed_out)
 
     def head_read(self) -> None:
-        """The request head is complete (the gateway's handler runs): the deadline no longer applies."""
+        """The request head is complete (the gateway's handler runs): the deadline no longer applies.
+
+        aiohttp's keep-alive timer goes too: the connection serves one request (an upgrade, or a
+        refusal that closes it), and a pending timer per idle session costs 700 bytes.
+        """
         if self._head_deadline is not None:
             self._head_deadline.cancel()
             self._head_deadline = None
+        if self._keepalive_handle is not None:
+            self._keepalive_handle.cancel()
+            self._keepalive_handle = None
         if self._waiting:
             self._waiting = False
             self._guard.waiting -= 1

@@ -63,17 +63,21 @@ class Breaker:
     def __init__(self, limit: int, window: float) -> None:
         self.limit = limit
         self.window = window
-        self._losses: deque[float] = deque()
+        self._losses: deque[float] | None = None
+        """Created at the first loss: an empty deque costs 600 bytes, and most sessions never lose one."""
 
     def record_loss(self, now: float) -> bool:
         """Count a loss at ``now``; True when the breaker trips (the session should close)."""
+        if self._losses is None:
+            self._losses = deque()
+        losses = self._losses
         start = now - self.window
-        while self._losses and self._losses[0] < start:
-            self._losses.popleft()
-        self._losses.append(now)
-        return len(self._losses) > self.limit
+        while losses and losses[0] < start:
+            losses.popleft()
+        losses.append(now)
+        return len(losses) > self.limit
 
     @property
     def losses(self) -> int:
         """Losses counted in the current window."""
-        return len(self._losses)
+        return len(self._losses) if self._losses is not None else 0
