@@ -12,9 +12,22 @@ from pathlib import Path
 from fastapi import Depends, FastAPI, HTTPException, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse
 
+from examples.demo_api import router as demo_router
+
 app = FastAPI(title="ws-gateway example upstream")
+app.include_router(demo_router)
 SUBPROTOCOLS = ("chat.v2", "chat.v1")
 _PAGE = Path(__file__).with_name("demo.html")
+
+
+async def accept(websocket: WebSocket) -> None:
+    """Accept, choosing a known subprotocol when the client offers one.
+
+    Browsers fail a handshake whose answer names no subprotocol when they offered some
+    (WHATWG WebSockets), so every route a page may open answers the offer.
+    """
+    offered = websocket.scope.get("subprotocols", [])
+    await websocket.accept(subprotocol=next((p for p in SUBPROTOCOLS if p in offered), None))
 
 
 @app.get("/")
@@ -26,9 +39,7 @@ async def demo_page() -> HTMLResponse:
 @app.websocket("/ws/echo")
 async def echo(websocket: WebSocket) -> None:
     """Echo every text and binary message; picks a known subprotocol if the client offers one."""
-    offered = websocket.scope.get("subprotocols", [])
-    chosen = next((p for p in SUBPROTOCOLS if p in offered), None)
-    await websocket.accept(subprotocol=chosen)
+    await accept(websocket)
     try:
         while True:
             message = await websocket.receive()
@@ -62,8 +73,8 @@ async def request_info(websocket: WebSocket) -> None:
 
 @app.websocket("/ws/close/{code}")
 async def close_with(websocket: WebSocket, code: int, reason: str = "") -> None:
-    """Accept, then close with the code (and ?reason=) in the path."""
-    await websocket.accept()
+    """Accept (answering a subprotocol offer), then close with the code (and ?reason=) in the path."""
+    await accept(websocket)
     await websocket.close(code=code, reason=reason)
 
 
@@ -90,7 +101,7 @@ async def broken(websocket: WebSocket, _: None = Depends(_broken)) -> None:
 @app.websocket("/ws/crash")
 async def crash(websocket: WebSocket) -> None:
     """Accept, wait for one message, then fail: uvicorn drops TCP with no close frame (1006)."""
-    await websocket.accept()
+    await accept(websocket)
     await websocket.receive_text()
     raise RuntimeError("handler crashed on purpose")
 
@@ -98,7 +109,7 @@ async def crash(websocket: WebSocket) -> None:
 @app.websocket("/ws/flood")
 async def flood(websocket: WebSocket, count: int = 1000, size: int = 1024) -> None:
     """Send ``count`` binary messages of ``size`` bytes as fast as the connection takes them."""
-    await websocket.accept()
+    await accept(websocket)
     payload = b"x" * size
     try:
         for _ in range(count):
@@ -111,7 +122,7 @@ async def flood(websocket: WebSocket, count: int = 1000, size: int = 1024) -> No
 @app.websocket("/ws/big")
 async def big(websocket: WebSocket, size: int = 1024) -> None:
     """Send one binary message of ``size`` bytes, then echo the sizes of what arrives."""
-    await websocket.accept()
+    await accept(websocket)
     try:
         await websocket.send_bytes(b"b" * size)
         while True:
@@ -124,7 +135,7 @@ async def big(websocket: WebSocket, size: int = 1024) -> None:
 @app.websocket("/ws/stall")
 async def stall(websocket: WebSocket, seconds: float = 5.0) -> None:
     """Accept, then block the event loop (a classic bug): pings go unanswered meanwhile."""
-    await websocket.accept()
+    await accept(websocket)
     await websocket.receive_text()
     import time
 

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests and the benchmark use (nginx, haproxy,
-# prometheus with promtool, podman with runc and debootstrap for the image),
-# only when they are missing. Needs root (or sudo) on Debian/Ubuntu.
+# prometheus with promtool, podman with runc and debootstrap for the image,
+# chromium for the demo page's browser test), only when they are missing.
+# Needs root (or sudo) on Debian/Ubuntu.
 set -euo pipefail
 missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+# headless Chromium drives the demo page over the DevTools protocol (tests/integration/test_demo_browser.py)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 # podman builds and runs the image where no Docker engine runs (scripts/build-image.sh)
 for tool in podman buildah runc debootstrap; do
   command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing+=("$tool")
