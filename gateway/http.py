@@ -33,7 +33,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-__all__ = ["BadRequestLog", "GuardedRequestHandler", "HeadGuard", "TrafficServer"]
+__all__ = ["BadRequestLog", "GuardedRequestHandler", "HeadGuard", "TrafficServer", "sanitise"]
 
 logger = logging.getLogger("gateway.http")
 

@@ -36,7 +36,7 @@ from gateway.core.handshake import accept_key
 from gateway.core.targets import TargetPool
 from gateway.core.upgrade import Refusal, check_upgrade
 from gateway.flow import WriteFlow
-from gateway.http import BadRequestLog, GuardedRequestHandler, HeadGuard, TrafficServer
+from gateway.http import BadRequestLog, GuardedRequestHandler, HeadGuard, TrafficServer, sanitise
 from gateway.metrics import GatewayMetrics
 from gateway.reconnect import Reopen
 from gateway.session import Recovery, Session
@@ -219,6 +219,12 @@ class Gateway:
         if request.transport is None or request.transport.is_closing():
             upstream.transport.abort()
             return web.Response(status=499), None
+        if offered and upstream.subprotocol is None:
+            # Allowed (RFC 6455 4.2.2), but browsers then fail the connection: say so once.
+            logger.info(
+                "client offered subprotocols %s and the upstream chose none; browsers drop such a connection",
+                sanitise(", ".join(offered)),
+            )
         response = self._switching_protocols(request, upstream.subprotocol)
         await response.prepare(request)
         session = Session(

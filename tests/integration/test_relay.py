@@ -8,7 +8,7 @@ from collections.abc import Callable
 import aiohttp
 import pytest
 
-from tests.support import GatewayProcess, Upstream, free_port, request_headers, scaled
+from tests.support import GatewayProcess, Upstream, async_wait_until, free_port, request_headers, scaled
 
 
 async def test_text_and_binary_relayed_byte_exact_in_order(gateway: GatewayProcess) -> None:
@@ -117,3 +117,14 @@ async def test_plain_http_gets_426(gateway: GatewayProcess) -> None:
     async with aiohttp.ClientSession() as http, http.get(gateway.url + "/anything") as response:
         assert response.status == 426
         assert "WebSocket" in await response.text()
+
+
+async def test_subprotocol_offer_the_app_ignores_is_logged(gateway: GatewayProcess) -> None:
+    """Client offers chat.v1, the app picks none: relayed as is (RFC 6455 allows it), one line says browsers fail."""
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(gateway.url + "/ws/request", protocols=("chat.v1",))
+        assert ws.protocol is None
+        await ws.close()
+    await async_wait_until(lambda: "chose none; browsers drop such a connection" in gateway.output(), 10,
+                           "the subprotocol line")
+    assert gateway.output().count("chose none") == 1
