@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench conformance dashboard dashboard-preview image system-deps clean
+.PHONY: demo test lint bench conformance dashboard dashboard-preview image system-deps clean fuzz
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/python -m examples.demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check gateway tests examples bench observability conformance
+	$(BIN)/ruff check gateway tests examples bench observability conformance fuzz
 	$(BIN)/mypy --strict gateway
 
 test: $(STAMP) system-deps lint
@@ -43,6 +43,22 @@ bench: $(STAMP) system-deps
 conformance: $(STAMP)
 	HOST_PYTHON=$(BIN)/python ./conformance/setup_autobahn.sh
 	$(BIN)/python -m conformance.run $(CONFORMANCE_ARGS)
+
+# Coverage-guided fuzzing with atheris (libFuzzer): each target in fuzz/ for FUZZ_SECONDS, from the seeds in
+# fuzz/corpus/<target>/. atheris is the optional `fuzz` extra, installed here only, so `make test` never needs it.
+# New corpus entries and crashes (with the input that crashed) go to .fuzz-out/ (gitignored). Replay a crash:
+# $(BIN)/python fuzz/fuzz_scanner.py .fuzz-out/crashes/scanner-crash-...
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= scanner handshake
+fuzz: $(STAMP)
+	$(BIN)/python -c 'import atheris' 2>/dev/null || $(BIN)/pip install -q -e '.[fuzz]'
+	@for target in $(FUZZ_TARGETS); do \
+		mkdir -p .fuzz-out/corpus/$$target .fuzz-out/crashes && \
+		echo "fuzz_$$target: $(FUZZ_SECONDS)s" && \
+		$(BIN)/python fuzz/fuzz_$$target.py -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+			-artifact_prefix=.fuzz-out/crashes/$$target- .fuzz-out/corpus/$$target fuzz/corpus/$$target \
+			|| exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

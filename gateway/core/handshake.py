@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -21,6 +22,9 @@ __all__ = [
     "new_key",
     "parse_upgrade_response",
 ]
+
+_STATUS_CODE: Final = re.compile(r"[0-9]{3}")
+"""An HTTP status code: exactly three ASCII digits (RFC 9112 section 4)."""
 
 _GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_RESPONSE_HEAD: Final = 64 * 1024
@@ -92,7 +96,8 @@ def parse_upgrade_response(head: bytes) -> UpgradeResponse:
         raise HandshakeError("response head is not text") from None
     status_line, _, rest = text.partition("\r\n")
     parts = status_line.split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+    # Exactly three ASCII digits (RFC 9112 4): str.isdigit() also takes superscripts and any length.
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not _STATUS_CODE.fullmatch(parts[1]):
         raise HandshakeError(f"malformed status line {status_line[:80]!r}")
     headers: list[tuple[str, str]] = []
     for line in rest.split("\r\n"):

@@ -172,8 +172,14 @@ class FrameScanner:
 
     @property
     def in_message(self) -> bool:
-        """True while the destination has seen part of a message but not its end."""
-        return self._in_message or (self._split and self._remaining > 0)
+        """True while the destination has seen part of a message but not its end.
+
+        For a frame being re-headed, only once a byte of it (or an earlier fragment of its message)
+        has gone out: its header alone gives the destination nothing.
+        """
+        if self._split and self._remaining:
+            return self._split_offset > 0 or self._split_opcode == Opcode.CONTINUATION
+        return self._in_message
 
     def discard_data(self) -> None:
         """Stop forwarding: the session is closing. Control frames are still read."""
