@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench conformance dashboard dashboard-preview image system-deps clean fuzz
+.PHONY: demo test lint bench storm conformance dashboard dashboard-preview image system-deps clean fuzz
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ image: $(STAMP) system-deps
 
 bench: $(STAMP) system-deps
 	$(BIN)/python -m bench.run
+
+# Reconnect storm (bench/storm.py): 5,000 sessions drained from one relay to another, ws-gateway next
+# to NGINX. Options, e.g.: make storm STORM_ARGS="--sessions 10000 --jitter reconnecting-websocket"
+storm: $(STAMP) system-deps
+	$(BIN)/python -m bench.storm $(STORM_ARGS)
 
 # Autobahn|Testsuite on both legs next to a control (docs/conformance.md). Needs root: the first run
 # builds a Debian bullseye chroot for wstest (Python 2) under ~/.cache/ws-gateway. Options, e.g.:

@@ -10,8 +10,8 @@ daemon off;
 user root;
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
-worker_rlimit_nofile 16384;
-events {{ worker_connections 8192; }}
+worker_rlimit_nofile {rlimit_nofile};
+events {{ worker_connections {worker_connections}; }}
 http {{
     access_log off;
     client_body_temp_path {prefix}/tmp-body;
@@ -52,12 +52,19 @@ backend app
 """
 
 
-def nginx_command(prefix: Path, port: int, backend_port: int, read_timeout: str = "60s") -> list[str]:
-    """Write an NGINX config (one worker, WebSocket proxying) under ``prefix`` and return its command."""
+def nginx_command(prefix: Path, port: int, backend_port: int, read_timeout: str = "60s",
+                  worker_connections: int = 8192) -> list[str]:
+    """Write an NGINX config (one worker, WebSocket proxying) under ``prefix`` and return its command.
+
+    Each proxied WebSocket holds two of the worker's ``worker_connections`` (client and upstream):
+    the reconnect storm (bench/storm.py) raises it for its thousands of sessions, and the worker's
+    fd limit with it.
+    """
     prefix.mkdir(parents=True, exist_ok=True)
     conf = prefix / "nginx.conf"
     conf.write_text(NGINX_CONF.format(prefix=prefix, port=port, backend_port=backend_port,
-                                      read_timeout=read_timeout))
+                                      read_timeout=read_timeout, worker_connections=worker_connections,
+                                      rlimit_nofile=max(16384, worker_connections + 1024)))
     return [system_binary("nginx"), "-c", str(conf), "-p", str(prefix)]
 
 

@@ -19,3 +19,21 @@ def test_quick_benchmark_reports_all_relays() -> None:
     gateway_cells = [cell.strip() for cell in rows["ws-gateway"].split("|")]
     assert gateway_cells[2] != "-" and float(gateway_cells[2]) > 0, "gateway CPU per message was measured"
     assert gateway_cells[3].endswith("x"), "and compared with NGINX's"
+
+
+def test_quick_storm_reestablishes_every_session_through_both_relays() -> None:
+    """`python -m bench.storm --quick` drains A to B for ws-gateway and NGINX and every session comes back."""
+    result = subprocess.run([sys.executable, "-m", "bench.storm", "--quick"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=scaled(90), check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[1:-1]]
+            for line in result.stdout.splitlines() if line.startswith("| ") and not line.startswith("| relay")}
+    assert set(rows) == {"ws-gateway", "nginx"}, result.stdout
+    for relay, cells in rows.items():
+        assert cells[1] == cells[2] == "200", f"{relay}: every session re-established on B: {cells}"
+        assert cells[3] != "-" and float(cells[3]) > 0, f"{relay}: time until all were back was measured"
+        assert cells[6] == "0", f"{relay}: no failed reconnect: {cells}"
+    assert rows["ws-gateway"][9].endswith("x"), "B's CPU per handshake is compared with NGINX's"
+    gateway_notes = result.stdout.split("\nws-gateway:\n", 1)[1].split("\nnginx:\n", 1)[0]
+    assert "close codes seen: {'1012': 200}" in gateway_notes, "gateway A really sent 1012 to every session"
+    assert "A exited with 0" in gateway_notes, "and finished its drain"
