@@ -47,7 +47,8 @@ trap 'rm -rf "$context"' EXIT
 mkdir -p "$context/config" "$context/examples"
 cp "$root/Dockerfile" "$root/.dockerignore" "$context/"
 cp "$root/config/gateway.yaml" "$context/config/"
-cp "$root/examples/app.py" "$root/examples/demo.html" "$root/examples/__init__.py" "$context/examples/"
+cp "$root/examples/app.py" "$root/examples/demo_api.py" "$root/examples/demo.html" "$root/examples/__init__.py" \
+  "$context/examples/"
 extra=()
 [ -n "$example_tag" ] && extra=(fastapi uvicorn websockets)
 "$python" -m pip wheel -q --disable-pip-version-check -w "$context/wheels" "$root" "${extra[@]}" 2>&1 \
