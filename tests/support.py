@@ -343,3 +343,14 @@ async def read_request_info(ws: aiohttp.ClientWebSocketResponse, timeout: float 
     """
     message = await asyncio.wait_for(ws.receive(), scaled(timeout))
     return dict(json.loads(message.data))
+
+
+def start_demo(tmp: Path) -> tuple[ManagedProcess, int, int, int]:
+    """``make demo``'s launcher on free ports: (process, app port, gateway port, admin port); stop() it."""
+    app_port, gateway_port, admin_port = free_port(), free_port(), free_port()
+    demo = ManagedProcess(
+        [sys.executable, "-m", "examples.demo"], tmp / "demo.log",
+        env={"DEMO_APP_PORT": str(app_port), "DEMO_GATEWAY_PORT": str(gateway_port),
+             "DEMO_ADMIN_PORT": str(admin_port)},
+    )
+    return demo, app_port, gateway_port, admin_port

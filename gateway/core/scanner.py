@@ -52,6 +52,22 @@ _SMALL_FRAME: Final = 125
 """Frames up to this payload size that a read cuts are held whole rather than re-headed."""
 
 
+def _read_header(data: bytes, pos: int, end: int) -> tuple[int, int] | None:
+    """``(header length, payload length)`` of the frame header at ``pos`` (RFC 6455 5.2), or None
+    when the read ends inside it. The fast path in :meth:`FrameScanner.feed` does its own, for
+    small frames only."""
+    b1 = data[pos + 1]
+    length = b1 & 0x7F
+    header_len = 2 + (2 if length == 126 else 8 if length == 127 else 0) + (4 if b1 & 0x80 else 0)
+    if end - pos < header_len:
+        return None
+    if length == 126:
+        length = PACK_16.unpack_from(data, pos + 2)[0]
+    elif length == 127:
+        length = PACK_64.unpack_from(data, pos + 2)[0]
+    return header_len, length
+
+
 class ScanMode(enum.IntEnum):
     """What the scanner does with what it reads (0 is the hot path's one test)."""
 
@@ -266,17 +282,13 @@ class FrameScanner:
         Returns:
             ``(pos, span)`` after it; ``pos`` is -1 when its header is not all in this read (kept).
         """
-        b0 = data[pos]
-        b1 = data[pos + 1]
-        length = b1 & 0x7F
-        header_len = 2 + (2 if length == 126 else 8 if length == 127 else 0) + (4 if b1 & 0x80 else 0)
-        if end - pos < header_len:
+        header = _read_header(data, pos, end)
+        if header is None:
             self._tail = data[pos:]
             return -1, span
-        if length == 126:
-            length = PACK_16.unpack_from(data, pos + 2)[0]
-        elif length == 127:
-            length = PACK_64.unpack_from(data, pos + 2)[0]
+        header_len, length = header
+        b0 = data[pos]
+        b1 = data[pos + 1]
         opcode = b0 & 0x0F
         problem = self._check_header(b0, b1, length)
         if problem is None and opcode < 0x8:
@@ -457,17 +469,13 @@ class FrameScanner:
             if end - pos < 2:
                 self._tail = data[pos:]
                 return
-            b0 = data[pos]
-            b1 = data[pos + 1]
-            length = b1 & 0x7F
-            header_len = 2 + (2 if length == 126 else 8 if length == 127 else 0) + (4 if b1 & 0x80 else 0)
-            if end - pos < header_len:
+            header = _read_header(data, pos, end)
+            if header is None:
                 self._tail = data[pos:]
                 return
-            if length == 126:
-                length = PACK_16.unpack_from(data, pos + 2)[0]
-            elif length == 127:
-                length = PACK_64.unpack_from(data, pos + 2)[0]
+            header_len, length = header
+            b0 = data[pos]
+            b1 = data[pos + 1]
             opcode = b0 & 0x0F
             unreadable = None
             if length >> 63:

@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import signal
-import sys
 from pathlib import Path
 
 import aiohttp
 
-from tests.support import ManagedProcess, Upstream, async_wait_until, free_port, port_open, scaled
+from tests.support import Upstream, async_wait_until, port_open, scaled, start_demo
 
 
 async def test_demo_serves_page_relays_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     """The demo prints its URLs, serves the page and /demo/stats, relays through the gateway; SIGINT stops all."""
-    app_port, gateway_port, admin_port = free_port(), free_port(), free_port()
-    demo = ManagedProcess(
-        [sys.executable, "-m", "examples.demo"], tmp_path / "demo.log",
-        env={"DEMO_APP_PORT": str(app_port), "DEMO_GATEWAY_PORT": str(gateway_port),
-             "DEMO_ADMIN_PORT": str(admin_port)},
-    )
+    demo, app_port, gateway_port, admin_port = start_demo(tmp_path)
     try:
         await async_wait_until(lambda: "Press Ctrl-C" in demo.output() or not demo.alive(), 30, "the demo banner")
         assert f"http://127.0.0.1:{app_port}/" in demo.output()

@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.support import HOST, ROOT, ManagedProcess, async_wait_until, free_port, scaled
+from tests.support import HOST, ROOT, ManagedProcess, async_wait_until, scaled, start_demo
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # The flags known to work here: headless as root, and no background connections to Google's hosts.
@@ -249,12 +248,7 @@ async def check_counts(page: DevTools, replayed: int) -> None:
 @pytest.mark.timeout(int(scaled(60)))
 async def test_every_demo_control_works_in_chromium(tmp_path: Path) -> None:
     """In headless Chromium every control of the demo page works and shows what the gateway did."""
-    app_port, gateway_port, admin_port = free_port(), free_port(), free_port()
-    demo = ManagedProcess(
-        [sys.executable, "-m", "examples.demo"], tmp_path / "demo.log",
-        env={"DEMO_APP_PORT": str(app_port), "DEMO_GATEWAY_PORT": str(gateway_port),
-             "DEMO_ADMIN_PORT": str(admin_port)},
-    )
+    demo = start_demo(tmp_path)[0]  # the page is read from the banner's URL
     try:
         browser, port_file = start_chromium(tmp_path)
         try:
