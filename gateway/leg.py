@@ -87,6 +87,33 @@ class LegListener(Protocol):
         """A gateway ping's pong came back after ``seconds``."""
 
 
+class _DetachedListener:
+    """The listener of a finished leg: the session is over and hears nothing more."""
+
+    __slots__ = ()
+
+    def leg_closed(self, leg: Leg, close: Close) -> None:
+        return None
+
+    def leg_failed(self, leg: Leg, code: int, reason: str) -> None:
+        return None
+
+    def leg_ping_timeout(self, leg: Leg) -> None:
+        return None
+
+    def leg_lost(self, leg: Leg) -> None:
+        return None
+
+    def leg_backlogged(self, source: Leg, destination: Leg) -> None:
+        return None
+
+    def ping_answered(self, leg: Leg, seconds: float) -> None:
+        return None
+
+
+_DETACHED_LISTENER: Final = _DetachedListener()
+
+
 class Leg:
     """One side of a session.
 
@@ -336,6 +363,19 @@ class Leg:
             self.reading_paused = False
             if not self.closed:
                 self.transport.resume_reading()
+
+    def release(self) -> None:
+        """The session is over: drop this leg's links to the session, the other leg and the scanner's
+        sink. Those links are reference cycles; without them reference counting frees a finished
+        session at once, instead of leaving it to a garbage-collector pass over every live session."""
+        self.stop_keepalive()
+        if self._close_deadline is not None:
+            self._close_deadline.cancel()
+            self._close_deadline = None
+        self.scanner.detach()
+        self.listener = _DETACHED_LISTENER
+        self.out = DROP
+        del self.other
 
     def closing_code(self) -> int:
         """The code that ended this leg, for metrics and logs (1006 if no close frame)."""

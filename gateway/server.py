@@ -23,7 +23,7 @@ import time
 from typing import Final
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from gateway.core.backoff import Breaker, full_jitter_backoff
@@ -36,6 +36,7 @@ from gateway.core.handshake import accept_key
 from gateway.core.targets import TargetPool
 from gateway.core.upgrade import Refusal, check_upgrade
 from gateway.flow import WriteFlow
+from gateway.gcpolicy import tune_after_start
 from gateway.http import BadRequestLog, GuardedRequestHandler, HeadGuard, TrafficServer, sanitise
 from gateway.metrics import GatewayMetrics
 from gateway.reconnect import Reopen
@@ -86,6 +87,7 @@ class Gateway:
         registry = registry or CollectorRegistry()
         ProcessCollector(registry=registry)  # process_resident_memory_bytes, process_cpu_seconds_total, ...
         PlatformCollector(registry=registry)  # python_info
+        GCCollector(registry=registry)  # python_gc_collections_total{generation}: see gateway.gcpolicy
         self.metrics = GatewayMetrics(registry)
         self.sessions: set[Session] = set()
         self.handshakes = 0
@@ -434,6 +436,7 @@ async def run_gateway(config: GatewayConfig) -> None:
     """Run until SIGTERM/SIGINT has drained the gateway."""
     gateway = Gateway(config)
     await gateway.start()
+    tune_after_start()
     loop = asyncio.get_running_loop()
     def on_signal() -> None:
         if gateway.draining:

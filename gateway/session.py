@@ -266,6 +266,8 @@ class Session:
             self._upstream_lost(None)
         elif self._current(leg):
             self._close(rule_for(Event.PEER_LOST, leg.name))
+        elif leg is not self.upstream:
+            leg.release()  # a replaced upstream leg has finished: nothing refers to it any more
         if self.client.closed and self.upstream.closed:
             self._finish()
 
@@ -425,7 +427,8 @@ class Session:
                 config.notify_resume.format(session_id=self.session_id, outage_ms=round(outage * 1000),
                                             replayed=replayed)
             )
-        old = self.upstream.scanner
+        retired_leg = self.upstream
+        old = retired_leg.scanner
         self.retired.messages += old.messages
         self.retired.payload_bytes += old.payload_bytes
         self.retired.fragmented_messages += old.fragmented_messages
@@ -436,6 +439,8 @@ class Session:
         if replay:
             connection.transport.write(replay)
         self._pair(upstream)
+        if retired_leg.closed:
+            retired_leg.release()  # else when its connection ends (leg_lost)
         if self.client.recent is not None:
             self.client.recent.clear()
         self.client.recent_too_large = False
@@ -501,5 +506,11 @@ class Session:
                 outage_seconds=recovery.outage_total if recovery else 0.0,
             )
         )
+        # Break the reference cycles (session <-> legs <-> scanners, the reopen closure, the
+        # backpressure callback) so that reference counting frees this session now.
+        self.client.release()
+        self.upstream.release()
+        self._backpressure = None
+        self.recovery = None
         if not self.done.done():
             self.done.set_result(None)

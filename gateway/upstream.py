@@ -141,6 +141,10 @@ class UpstreamProtocol(asyncio.Protocol):
             self._drain_waiter.set_exception(ConnectionResetError("upstream connection lost"))
         if self._on_lost is not None:
             self._on_lost()
+        # The session's callbacks hold its leg, which holds the transport, which holds this protocol:
+        # drop them so that cycle does not outlive the connection.
+        self._feed = self._on_lost = None
+        self.transport = None
 
     def pause_writing(self) -> None:
         self.paused = True

@@ -98,6 +98,33 @@ class ScannerSink(Protocol):
         """The peer broke a rule; ``final`` when nothing more will be read from it."""
 
 
+class _DetachedSink:
+    """The sink of a finished leg's scanner: nothing is delivered any more."""
+
+    __slots__ = ()
+
+    def forward(self, data: bytes) -> None:
+        return None
+
+    def forward_frame(self, header: bytes, payload: bytes) -> None:
+        return None
+
+    def on_ping(self, payload: bytes) -> None:
+        return None
+
+    def on_pong(self, payload: bytes) -> None:
+        return None
+
+    def on_close(self, code: int, reason: str) -> None:
+        return None
+
+    def on_violation(self, code: int, reason: str, final: bool) -> None:
+        return None
+
+
+_DETACHED: Final = _DetachedSink()
+
+
 class FrameScanner:
     """Walks one direction's frames and forwards data bytes without copying messages.
 
@@ -209,6 +236,12 @@ class FrameScanner:
     def stop(self) -> None:
         """Ignore every later byte (the peer's connection is being dropped)."""
         self._set_mode(ScanMode.STOPPED)
+
+    def detach(self) -> None:
+        """Stop and forget the sink: the leg is finished, and the sink (which holds this scanner)
+        must not be kept alive by it. Without the cycle, reference counting frees both at once."""
+        self._set_mode(ScanMode.STOPPED)
+        self._sink = _DETACHED
 
     def _set_mode(self, mode: ScanMode) -> None:
         if mode > self._mode:

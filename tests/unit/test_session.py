@@ -4,6 +4,7 @@ keepalive, backpressure and outage entry, each in milliseconds and without a soc
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 
 import pytest
@@ -11,7 +12,9 @@ import pytest
 from gateway.core.backoff import Breaker
 from gateway.core.closerules import Event
 from gateway.core.codec import Opcode, build_close_payload, build_frame
-from gateway.session import Recovery, SessionState
+from gateway.core.scanner import FrameScanner
+from gateway.leg import Leg
+from gateway.session import Recovery, Session, SessionState
 from gateway.upstream import UpstreamConnection, UpstreamProtocol
 from tests.fakes import FakeTransport, Harness, attach, open_session, settle
 from tests.support import client_frame
@@ -380,3 +383,55 @@ async def test_retention_resumes_after_a_message_too_large_to_keep() -> None:
     assert h.session.state is SessionState.OPEN
     new = h.session.upstream.transport
     assert bytes(new.written) == first + rest  # type: ignore[attr-defined]
+
+
+# --- memory -------------------------------------------------------------------------------------
+def live_objects(*kinds: type) -> list[int]:
+    """How many objects of each kind the cyclic collector tracks now (freed objects are not listed)."""
+    counts = dict.fromkeys(kinds, 0)
+    # A plain loop: a comprehension's closure cell would be in the list it refers to (a cycle that,
+    # with the collector off, would keep every object alive).
+    for o in gc.get_objects():
+        if type(o) in counts:
+            counts[type(o)] += 1
+    return list(counts.values())
+
+
+async def relay_lose_resume_and_close(kinds: tuple[type, ...], before: list[int]) -> None:
+    """One session's life: relay, upstream loss, resume on a new upstream, close (all locals die on return)."""
+    h = open_session({"reconnect": {"enabled": True}})
+    new = FakeTransport("new upstream")
+    protocols: list[UpstreamProtocol] = []
+
+    async def reopen(attempt: int) -> UpstreamConnection:
+        protocols.append(UpstreamProtocol())
+        protocols[0].connection_made(new)  # type: ignore[arg-type]
+        return UpstreamConnection(new, protocols[0], None, b"")  # type: ignore[arg-type]
+
+    with_recovery(h, reopen)
+    h.from_client(client_frame(Opcode.TEXT, b"one"))
+    h.session.upstream.transport_lost()
+    await settle(0.02)
+    assert h.session.state is SessionState.OPEN and h.session.recovery is not None
+    assert h.session.recovery.reconnects == 1
+    expected = [b + n for b, n in zip(before, (1, 2, 2, 1), strict=True)]
+    assert live_objects(*kinds) == expected, "the replaced upstream leg is freed at once"
+    h.from_client(close_frame(1000))
+    h.session.client.transport_lost()
+    protocols[0].connection_lost(None)  # the new upstream's TCP ends as uvloop would report it
+    assert h.session.state is SessionState.CLOSED
+
+
+async def test_a_finished_session_is_freed_by_reference_counting_alone() -> None:
+    """Sessions break their own reference cycles when they end (gateway.gcpolicy relies on it): with the
+    collector off, a session that relayed, lost its upstream, resumed on a new one and closed leaves
+    no session, leg, scanner or protocol behind; the replaced upstream leg goes as soon as it is replaced."""
+    kinds = (Session, Leg, FrameScanner, UpstreamProtocol)
+    gc.collect()
+    gc.disable()
+    try:
+        before = live_objects(*kinds)
+        await relay_lose_resume_and_close(kinds, before)
+        assert live_objects(*kinds) == before
+    finally:
+        gc.enable()
