@@ -27,6 +27,7 @@ from gateway.core.closing import Close, ClosingHandshake, LegState, Role
 from gateway.core.codec import Opcode, build_frame
 from gateway.core.config import LegConfig
 from gateway.core.scanner import FrameScanner
+from gateway.delivery import Confirmations
 from gateway.flow import WriteFlow
 
 __all__ = ["DROP", "DataOut", "Leg", "LegListener"]
@@ -135,6 +136,7 @@ class Leg:
         "_pong_deadline",
         "close_timeout",
         "config",
+        "delivery",
         "failed",
         "flow",
         "handshake",
@@ -143,6 +145,7 @@ class Leg:
         "name",
         "other",
         "out",
+        "pong_listener",
         "reading_paused",
         "recent",
         "recent_too_large",
@@ -195,6 +198,10 @@ class Leg:
         self.recent_too_large = False
         """The message in progress outgrew the retention limit; reset at the next message boundary."""
         self.retain_limit = 0
+        self.delivery: Confirmations | None = None
+        """Client leg, while relaying to an upstream with reconnection on: told of every write upstream."""
+        self.pong_listener: Confirmations | None = None
+        """Upstream leg: gets the pongs that answer no keepalive ping (confirmation pings)."""
         transport.set_write_buffer_limits(high=config.max_buffered, low=config.max_buffered // 4)
 
     # --- scanner sink: what this leg's peer sends -----------------------------------------
@@ -206,6 +213,9 @@ class Leg:
             self._retain(data, b"")
         out = self.out
         out.write(data)
+        delivery = self.delivery
+        if delivery is not None:
+            delivery.wrote(data)
         # On loopback most writes complete at once: one C call decides the common case.
         if out.get_write_buffer_size() and self.other.flow.is_paused() and not self.reading_paused:
             self.listener.leg_backlogged(self, self.other)
@@ -216,6 +226,8 @@ class Leg:
             self._retain(header, payload)
         out = self.out
         out.writelines((header, payload))
+        if self.delivery is not None:
+            self.delivery.wrote(header, payload)
         if out.get_write_buffer_size() and self.other.flow.is_paused() and not self.reading_paused:
             self.listener.leg_backlogged(self, self.other)
 
@@ -245,6 +257,8 @@ class Leg:
     def on_pong(self, payload: bytes) -> None:
         """Match a pong to the outstanding gateway ping and record the round trip."""
         if self._pong_deadline is None or payload != self._ping_payload:
+            if self.pong_listener is not None:
+                self.pong_listener.pong(payload)
             return
         self._pong_deadline.cancel()
         self._pong_deadline = None
@@ -269,6 +283,11 @@ class Leg:
         self._settle()
 
     # --- writing to this leg's peer ---------------------------------------------------------
+    def send_ping(self, payload: bytes) -> None:
+        """Send the peer a ping of the gateway's own (a confirmation ping), if data may still go."""
+        if self.handshake.can_send_data:
+            self.transport.write(build_frame(Opcode.PING, payload, masked=self.masked))
+
     def write_text(self, text: str) -> None:
         """Send the peer a text message of the gateway's own (opt-in notices), if data may still go."""
         if self.handshake.can_send_data:
@@ -375,6 +394,7 @@ class Leg:
         self.scanner.detach()
         self.listener = _DETACHED_LISTENER
         self.out = DROP
+        self.delivery = self.pong_listener = None
         del self.other
 
     def closing_code(self) -> int:

@@ -11,7 +11,7 @@ start-up.
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Final, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
@@ -36,6 +36,8 @@ HANDSHAKE_STATUSES: Final = ("400", "403", "404", "408", "426", "429", "431", "5
 """Bounded ``status`` label values of handshake failures."""
 CONNECT_RESULTS: Final = tuple(result.value for result in ConnectResult)
 RECONNECT_RESULTS: Final = (*CONNECT_RESULTS, RECONNECT_SUBPROTOCOL)
+REPLAY_DROP_REASONS: Final = ("unconfirmed", "cut", "overflow", "too_large")
+"""Why a client message was lost at an upstream outage (gateway.core.delivery, gateway.core.replay)."""
 """``result`` of reconnect attempts: the connect results, plus ``subprotocol`` (the new upstream
 chose another subprotocol than the first one)."""
 OUTAGE_BUCKETS: Final = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -182,9 +184,14 @@ class GatewayMetrics:
         )
         self._replay_dropped = Counter(
             f"{PREFIX}_replay_dropped_messages",
-            "Client messages lost during outages: cut by the outage, or dropped as oldest on overflow.",
+            "Client messages lost at upstream outages, by reason: unconfirmed (at_most_once: sent, not "
+            "confirmed, not re-sent), cut (the outage began inside a message too large to keep), overflow "
+            "(replay or retention limit), too_large (larger than the replay buffer).",
+            ["reason"],
             registry=registry,
         )
+        for reason in REPLAY_DROP_REASONS:
+            self._replay_dropped.labels(reason)
         self._replay_overflows = Counter(
             f"{PREFIX}_replay_overflows", "Replay buffers that overflowed, by policy.", ["policy"], registry=registry
         )
@@ -277,10 +284,12 @@ class GatewayMetrics:
         self._outages.observe(outage_seconds)
         self._replayed.inc(replayed)
 
-    def replay_lost(self, dropped: int, overflowed: bool, policy: str) -> None:
-        """Messages were lost from a replay buffer; ``overflowed`` when its limits were hit."""
-        if dropped:
-            self._replay_dropped.inc(dropped)
+    def replay_lost(self, dropped: Mapping[str, int], overflowed: bool, policy: str) -> None:
+        """Messages were lost at an outage, counted by reason; ``overflowed`` when the replay buffer's
+        limits were hit."""
+        for reason, count in dropped.items():
+            if count:
+                self._replay_dropped.labels(reason).inc(count)
         if overflowed:
             self._replay_overflows.labels(policy).inc()
 

@@ -17,12 +17,14 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
-from gateway.core.backoff import Delays
+from gateway.core.backoff import Breaker, Delays
 from gateway.core.closerules import Event
+from gateway.core.config import ReconnectConfig
 from gateway.core.replay import MessageBuffer, Overflow
+from gateway.delivery import Confirmations
 from gateway.upstream import ConnectResult, UpstreamConnection, UpstreamRefused, UpstreamUnavailable
 
-__all__ = ["GaveUp", "OutageHold", "Reconnected", "Reopen", "reconnect"]
+__all__ = ["GaveUp", "OutageHold", "Reconnected", "Recovery", "Reopen", "reconnect"]
 
 Reopen = Callable[[int], Awaitable[UpstreamConnection]]
 """Opens a new upstream connection; the argument is the attempt number (1, 2, ...)."""
@@ -92,6 +94,34 @@ async def reconnect(
         report(ConnectResult.OK.value)
         return Reconnected(connection, attempt)
     return GaveUp(Event.RECONNECT_GAVE_UP, f"upstream unavailable for {time.monotonic() - started:.1f}s")
+
+
+
+@dataclass(slots=True)
+class Recovery:
+    """What a session needs to replace its upstream leg (reconnection enabled)."""
+
+    config: ReconnectConfig
+    reopen: Reopen
+    subprotocol: str | None
+    delays: Delays
+    breaker: Breaker
+    allowed: bool = True
+    """False while draining: an upstream loss then closes the client."""
+    hold: OutageHold | None = None
+    ready: UpstreamConnection | None = None
+    task: asyncio.Task[None] | None = None
+    outage_started: float = 0.0
+    reconnects: int = 0
+    outage_total: float = 0.0
+    confirmations: Confirmations | None = None
+    """Confirmation pings and the delivery ledger (set when the session is attached)."""
+    possible_duplicates: int = 0
+    """Unconfirmed messages the current outage will re-send (at_least_once; sent in the reconnect handshake)."""
+    lost_in_outage: int = 0
+    """Client messages lost at the current outage so far (its start, then the replay buffer)."""
+    lost_total: int = 0
+    duplicates_total: int = 0
 
 
 class OutageHold:

@@ -39,8 +39,8 @@ from gateway.flow import WriteFlow
 from gateway.gcpolicy import tune_after_start
 from gateway.http import BadRequestLog, GuardedRequestHandler, HeadGuard, TrafficServer, sanitise
 from gateway.metrics import GatewayMetrics
-from gateway.reconnect import Reopen
-from gateway.session import Recovery, Session
+from gateway.reconnect import Recovery, Reopen
+from gateway.session import Session
 from gateway.upstream import ConnectResult, UpstreamConnection, UpstreamRefused, UpstreamUnavailable, connect_any
 
 __all__ = ["Gateway", "run_gateway"]
@@ -51,6 +51,10 @@ SESSION_ID_HEADER: Final = "X-Gateway-Session-Id"
 """Sent upstream on every handshake of a session, so the app can restore per-connection state."""
 RECONNECT_HEADER: Final = "X-Gateway-Reconnect"
 """Sent upstream on reconnect handshakes: the attempt number within the current outage."""
+DUPLICATES_HEADER: Final = "X-Gateway-Possible-Duplicates"
+"""Sent on reconnect handshakes with reconnect.delivery at_least_once: how many of the first client
+messages on this connection were sent to the lost upstream without its confirmation (it may have
+read them). An app that must not process a message twice de-duplicates those."""
 _READY_CACHE_SECONDS: Final = 1.0
 _READY_PROBE_TIMEOUT: Final = 1.0
 
@@ -270,11 +274,14 @@ class Gateway:
         frozen = tuple(headers)
 
         async def reopen(attempt: int) -> UpstreamConnection:
+            headers = [*frozen, (RECONNECT_HEADER, str(attempt))]
+            if session.recovery is not None and session.recovery.possible_duplicates:
+                headers.append((DUPLICATES_HEADER, str(session.recovery.possible_duplicates)))
             connection, target = await connect_any(
                 self.pool,
                 self.config.upstream.connect_timeout,
                 path,
-                [*frozen, (RECONNECT_HEADER, str(attempt))],
+                headers,
                 offered,
                 self.metrics.upstream_connect,
                 wait=False,

@@ -25,21 +25,22 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
-from gateway.core.backoff import Breaker, Delays, worth_retrying
+from gateway.core.backoff import worth_retrying
 from gateway.core.closecodes import Cause, CloseCode, Initiator
 from gateway.core.closerules import CloseRule, Event, From, LegName, rule_for
 from gateway.core.closing import Close
-from gateway.core.config import ClientConfig, ReconnectConfig, UpstreamConfig
-from gateway.core.replay import MessageBuffer
+from gateway.core.config import ClientConfig, UpstreamConfig
+from gateway.core.delivery import DeliveryMode, Ledger, Unconfirmed
+from gateway.core.replay import MessageBuffer, Overflow
 from gateway.core.targets import Target
+from gateway.delivery import Confirmations
 from gateway.flow import Backpressure, Pausable, WriteFlow
 from gateway.leg import Leg
 from gateway.metrics import GatewayMetrics
-from gateway.reconnect import GaveUp, OutageHold, Reconnected, Reopen, reconnect
+from gateway.reconnect import GaveUp, OutageHold, Reconnected, Recovery, reconnect
 from gateway.sessionlog import SessionRecord, log_session
-from gateway.upstream import UpstreamConnection
 
-__all__ = ["Recovery", "Session", "SessionState", "Traffic"]
+__all__ = ["Session", "SessionState", "Traffic"]
 
 logger = logging.getLogger("gateway.session")
 
@@ -63,25 +64,6 @@ class Traffic:
     payload_bytes: int = 0
     fragmented_messages: int = 0
     discarded_messages: int = 0
-
-
-@dataclass(slots=True)
-class Recovery:
-    """What a session needs to replace its upstream leg (reconnection enabled)."""
-
-    config: ReconnectConfig
-    reopen: Reopen
-    subprotocol: str | None
-    delays: Delays
-    breaker: Breaker
-    allowed: bool = True
-    """False while draining: an upstream loss then closes the client."""
-    hold: OutageHold | None = None
-    ready: UpstreamConnection | None = None
-    task: asyncio.Task[None] | None = None
-    outage_started: float = 0.0
-    reconnects: int = 0
-    outage_total: float = 0.0
 
 
 class Session:
@@ -165,9 +147,18 @@ class Session:
             self.client_config.close_timeout,
             scanner_limits=self.upstream_config,
         )
-        if self.recovery is not None:
-            self.client.retain_limit = self.recovery.config.buffer_bytes
-            self.client.recent = bytearray()
+        recovery = self.recovery
+        if recovery is not None:
+            config = recovery.config
+            ledger = Ledger(keep_bytes=config.delivery is DeliveryMode.AT_LEAST_ONCE, limit=config.buffer_bytes)
+            recovery.confirmations = Confirmations(ledger, self.client.scanner, config.confirm_interval,
+                                                   self._send_confirmation)
+            self.client.delivery = recovery.confirmations
+            if not ledger.keeps_bytes:
+                # at_most_once keeps only the start of a message in progress (re-sent whole after an
+                # outage: the old upstream never had all of it); at_least_once's ledger keeps more.
+                self.client.retain_limit = config.buffer_bytes
+                self.client.recent = bytearray()
         self._pair(self._new_upstream_leg(upstream_transport, upstream_flow))
         self.metrics.session_opened(self)
         self.client.schedule_ping()
@@ -191,6 +182,11 @@ class Session:
         self.client.other = upstream
         self.client.out = upstream.transport
         upstream.out = self.client.transport
+        if self.recovery is not None:
+            upstream.pong_listener = self.recovery.confirmations
+
+    def _send_confirmation(self, payload: bytes) -> None:
+        self.upstream.send_ping(payload)
 
     def _set_state(self, state: SessionState) -> None:
         logger.debug("session %s: %s -> %s", self.session_id, self.state.value, state.value)
@@ -344,25 +340,21 @@ class Session:
         now = time.monotonic()
         if recovery.breaker.record_loss(now):
             self.metrics.breaker_tripped()
+            self._count_lost(recovery, {"unconfirmed": self._unconfirmed(recovery).messages})
             self._close_client(
                 Event.BREAKER_TRIPPED,
                 f"circuit breaker: upstream lost {recovery.breaker.losses} times in {recovery.breaker.window:g}s",
             )
             return
         if self.upstream.scanner.in_message:
+            self._count_lost(recovery, {"unconfirmed": self._unconfirmed(recovery).messages})
             self._close_client(Event.LOST_MID_MESSAGE, "")
             return
-        config = recovery.config
+        buffer = self._outage_buffer(recovery)
+        if buffer is None:
+            return
         client = self.client
-        buffer = MessageBuffer(
-            config.buffer_messages,
-            config.buffer_bytes,
-            config.overflow,
-            skip_message=client.recent_too_large and client.scanner.in_message,
-        )
-        if client.recent is not None and not client.recent_too_large:
-            # The start of a message still in progress was kept: it will be re-sent whole.
-            buffer.prime(bytes(client.recent))
+        config = recovery.config
         recovery.hold = OutageHold(buffer, self._replay_overflow, self._resume)
         recovery.outage_started = now
         self._set_state(SessionState.RECONNECTING)
@@ -372,11 +364,65 @@ class Session:
         if config.notify_loss:
             client.write_text(config.notify_loss.format(session_id=self.session_id))
         logger.info(
-            "session %s: upstream lost (%s); reconnecting",
+            "session %s: upstream lost (%s); reconnecting; %d unconfirmed messages %s",
             self.session_id,
             "no close frame" if code is None else f"close {code}",
+            recovery.possible_duplicates or recovery.lost_in_outage,
+            "to re-send" if config.delivery is DeliveryMode.AT_LEAST_ONCE else "lost",
         )
         recovery.task = asyncio.get_running_loop().create_task(self._reconnect(recovery))
+
+    def _outage_buffer(self, recovery: Recovery) -> MessageBuffer | None:
+        """The replay buffer for an outage starting now, with what the lost upstream left unconfirmed.
+
+        at_most_once: unconfirmed messages are counted as lost; only a message still in progress
+        is re-sent whole. at_least_once: the kept unconfirmed messages go first (counted as possible
+        duplicates), those past the byte limit are counted as lost. None if the session was closed
+        (the kept messages overflow the buffer under the ``close`` policy).
+        """
+        config = recovery.config
+        client = self.client
+        scanner = client.scanner
+        unconfirmed = self._unconfirmed(recovery)
+        lost: dict[str, int] = {}
+        recovery.lost_in_outage = 0
+        if config.delivery is DeliveryMode.AT_LEAST_ONCE:
+            skip = scanner.in_message and not unconfirmed.kept_partial
+            lost["overflow"] = unconfirmed.lost_overflow
+        else:
+            skip = client.recent_too_large and scanner.in_message
+            lost["unconfirmed"] = unconfirmed.messages
+        buffer = MessageBuffer(config.buffer_messages, config.buffer_bytes, config.overflow, skip_message=skip)
+        try:
+            if unconfirmed.resend:
+                buffer.feed(unconfirmed.resend)  # whole messages queued, a partial one's start kept
+            elif client.recent is not None and not client.recent_too_large:
+                buffer.prime(bytes(client.recent))  # the start of a message in progress: re-sent whole
+        except Overflow as exc:
+            lost["overflow"] += unconfirmed.resend_messages - len(buffer.messages)
+            self._count_lost(recovery, lost)
+            self._close_client(Event.REPLAY_OVERFLOW, str(exc))
+            return None
+        recovery.possible_duplicates = unconfirmed.resend_messages
+        recovery.duplicates_total += unconfirmed.resend_messages
+        self._count_lost(recovery, lost)
+        return buffer
+
+    def _unconfirmed(self, recovery: Recovery) -> Unconfirmed:
+        """Stop confirming on the lost upstream leg and read what it left unconfirmed."""
+        self.client.delivery = None  # nothing is written upstream until the replay
+        self.upstream.pong_listener = None
+        confirmations = recovery.confirmations
+        assert confirmations is not None
+        confirmations.stop()
+        scanner = self.client.scanner
+        return confirmations.ledger.lost(scanner.complete_messages, scanner.in_message)
+
+    def _count_lost(self, recovery: Recovery, lost: dict[str, int]) -> None:
+        self.metrics.replay_lost(lost, False, recovery.config.overflow.value)
+        total = sum(lost.values())
+        recovery.lost_in_outage += total
+        recovery.lost_total += total
 
     async def _reconnect(self, recovery: Recovery) -> None:
         result = await reconnect(
@@ -416,16 +462,19 @@ class Session:
         connection, buffer = recovery.ready, recovery.hold.buffer
         recovery.ready = recovery.hold = None
         replayed = len(buffer.messages)
+        whole = buffer.bytes
         outage = time.monotonic() - recovery.outage_started
         recovery.reconnects += 1
         recovery.outage_total += outage
-        self.metrics.replay_lost(buffer.dropped_messages, buffer.overflows > 0, buffer.policy.value)
+        self.metrics.replay_lost(buffer.dropped, buffer.overflows > 0, buffer.policy.value)
+        recovery.lost_in_outage += buffer.dropped_messages
+        recovery.lost_total += buffer.dropped_messages
         self.metrics.session_resumed(outage, replayed)
         config = recovery.config
         if config.notify_resume:
             self.client.write_text(
                 config.notify_resume.format(session_id=self.session_id, outage_ms=round(outage * 1000),
-                                            replayed=replayed)
+                                            replayed=replayed, lost=recovery.lost_in_outage)
             )
         retired_leg = self.upstream
         old = retired_leg.scanner
@@ -444,10 +493,16 @@ class Session:
         if self.client.recent is not None:
             self.client.recent.clear()
         self.client.recent_too_large = False
+        confirmations = recovery.confirmations
+        assert confirmations is not None
+        confirmations.ledger.resent(replay, whole, self.client.scanner.complete_messages, replayed)
+        self.client.delivery = confirmations
         self._set_state(SessionState.OPEN)
         protocol.attach(upstream.scanner.feed, upstream.transport_lost, connection.first_bytes)
         upstream.schedule_ping()
-        logger.info("session %s: upstream back after %.3fs; %d messages replayed", self.session_id, outage, replayed)
+        confirmations.restart()
+        logger.info("session %s: upstream back after %.3fs; %d messages replayed, %d lost", self.session_id, outage,
+                    replayed, recovery.lost_in_outage)
 
     def _end_outage(self) -> None:
         """The session closes during an outage: stop reconnecting, count what the buffer lost."""
@@ -461,7 +516,8 @@ class Session:
             recovery.ready = None
         if recovery.hold is not None:
             buffer = recovery.hold.buffer
-            self.metrics.replay_lost(buffer.dropped_messages, buffer.overflows > 0, buffer.policy.value)
+            self.metrics.replay_lost(buffer.dropped, buffer.overflows > 0, buffer.policy.value)
+            recovery.lost_total += buffer.dropped_messages
             recovery.outage_total += time.monotonic() - recovery.outage_started
             recovery.hold = None
 
@@ -504,6 +560,8 @@ class Session:
                 discarded=sum(self.discarded()),
                 reconnects=recovery.reconnects if recovery else 0,
                 outage_seconds=recovery.outage_total if recovery else 0.0,
+                lost_messages=recovery.lost_total if recovery else 0,
+                possible_duplicates=recovery.duplicates_total if recovery else 0,
             )
         )
         # Break the reference cycles (session <-> legs <-> scanners, the reopen closure, the
@@ -511,6 +569,8 @@ class Session:
         self.client.release()
         self.upstream.release()
         self._backpressure = None
+        if recovery is not None and recovery.confirmations is not None:
+            recovery.confirmations.stop()
         self.recovery = None
         if not self.done.done():
             self.done.set_result(None)

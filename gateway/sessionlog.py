@@ -49,6 +49,10 @@ class SessionRecord:
     """Upstream losses this session survived."""
     outage_seconds: float = 0.0
     """Time spent waiting for the upstream to come back."""
+    lost_messages: int = 0
+    """Client messages lost at upstream outages (every reason of replay_dropped_messages_total)."""
+    possible_duplicates: int = 0
+    """at_least_once: unconfirmed client messages re-sent to a new upstream (each may be a duplicate)."""
 
 
 _FIELDS: Final = tuple(field.name for field in dataclasses.fields(SessionRecord))

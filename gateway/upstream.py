@@ -297,7 +297,7 @@ async def connect_any(
                 # Keep the most telling failure: an attempt cut short by our own deadline says
                 # less than an earlier refusal or bad answer (502 rather than 504).
                 if last is None or exc.result is not ConnectResult.TIMEOUT:
-                    last = exc
+                    last = exc.with_traceback(None)  # its traceback holds this frame: no cycle through it
                 continue
             except UpstreamRefused:
                 report(ConnectResult.REJECTED.value)
@@ -308,7 +308,14 @@ async def connect_any(
             return connection, target
         remaining = deadline - time.monotonic()
         if remaining <= 0 or not wait:
-            raise last or UpstreamUnavailable(
+            error = last or UpstreamUnavailable(
                 ConnectResult.TIMEOUT, f"no upstream answered within {connect_timeout:g}s"
             )
+            last = None
+            try:
+                raise error
+            finally:
+                # The raised error's traceback holds this frame: a local still holding the error would
+                # be a reference cycle keeping the caller's frames (and the session in them) alive.
+                del error
         await asyncio.sleep(min(_RETRY_PAUSE, remaining))

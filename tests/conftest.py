@@ -36,8 +36,8 @@ def make_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
 def make_upstream(tmp_path: Path) -> Iterator[Callable[..., Upstream]]:
     """Start example-app upstreams for one test (``port=`` restarts one on the same port); all stopped at teardown."""
 
-    def start(port: int | None = None, extra: list[str] | None = None) -> Upstream:
-        return Upstream(tmp_path, port=port, extra=extra)
+    def start(port: int | None = None, extra: list[str] | None = None, **kwargs: Any) -> Upstream:
+        return Upstream(tmp_path, port=port, extra=extra, **kwargs)
 
     with process_factory(start) as factory:
         yield factory

@@ -135,11 +135,12 @@ class ManagedProcess:
 class Upstream(ManagedProcess):
     """The example FastAPI app under real uvicorn."""
 
-    def __init__(self, tmp: Path, port: int | None = None, extra: list[str] | None = None) -> None:
+    def __init__(self, tmp: Path, port: int | None = None, extra: list[str] | None = None,
+                 app: str = "examples.app:app", env: dict[str, str] | None = None) -> None:
         self.port = port or free_port()
-        args = [sys.executable, "-m", "uvicorn", "examples.app:app", "--host", HOST, "--port", str(self.port),
+        args = [sys.executable, "-m", "uvicorn", app, "--host", HOST, "--port", str(self.port),
                 "--log-level", "warning", *(extra or [])]
-        super().__init__(args, tmp / f"uvicorn-{self.port}.log")
+        super().__init__(args, tmp / f"uvicorn-{self.port}-{time.monotonic_ns()}.log", env)
         wait_until(lambda: port_open(self.port) or not self.alive(), 30, "uvicorn to listen")
         assert self.alive(), self.output()
 

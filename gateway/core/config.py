@@ -23,6 +23,7 @@ from typing import Any, Final
 
 import yaml
 
+from gateway.core.delivery import DeliveryMode
 from gateway.core.parsers import (
     Parser,
     boolean,
@@ -186,10 +187,14 @@ class ReconnectConfig:
     """Bytes of client messages held during an outage."""
     overflow: OverflowPolicy
     """``close``: a full buffer closes the client with 1013; ``drop_oldest``: oldest messages are dropped."""
+    delivery: DeliveryMode
+    """What happens to client messages the lost upstream had not confirmed (gateway.core.delivery)."""
+    confirm_interval: float
+    """Least seconds between two confirmation pings while client messages flow."""
     notify_loss: str
     """Opt-in text message sent to the client when its upstream is lost ("" = none); {session_id} is filled."""
     notify_resume: str
-    """Opt-in text message sent when relaying resumes ("" = none); {session_id}, {outage_ms}, {replayed}."""
+    """Opt-in text message sent when relaying resumes ("" = none); {session_id}, {outage_ms}, {replayed}, {lost}."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,8 +260,10 @@ SCHEMA: Final[dict[str, Any]] = {
         "buffer_messages": (1000, positive_int),
         "buffer_bytes": ("1MiB", positive_size),
         "overflow": ("close", enum_choice(OverflowPolicy)),
+        "delivery": ("at_most_once", enum_choice(DeliveryMode)),
+        "confirm_interval": ("100ms", positive_duration),
         "notify_loss": ("", template(("session_id",))),
-        "notify_resume": ("", template(("session_id", "outage_ms", "replayed"))),
+        "notify_resume": ("", template(("session_id", "outage_ms", "replayed", "lost"))),
     },
     "drain": {
         "listener_delay": ("5s", parse_duration),

@@ -63,8 +63,9 @@ class MessageBuffer:
         self.policy = policy
         self.messages: deque[bytes] = deque()
         self.bytes = 0
-        self.dropped_messages = 0
-        """Messages lost: cut by the outage, or dropped as oldest on overflow."""
+        self.dropped: dict[str, int] = {}
+        """Messages lost, by reason: ``cut`` (the outage began inside a message whose start was not
+        kept), ``overflow`` (dropped as oldest), ``too_large`` (larger than the whole buffer)."""
         self.overflows = 0
         self._pending = bytearray()
         """Bytes of the message being received (whole frames and a partial one)."""
@@ -74,7 +75,15 @@ class MessageBuffer:
         self._header = bytearray()
         self._priming = False
         if self._skipping:
-            self.dropped_messages += 1
+            self._drop("cut")
+
+    def _drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+    @property
+    def dropped_messages(self) -> int:
+        """Messages lost, whatever the reason."""
+        return sum(self.dropped.values())
 
     def feed(self, data: bytes) -> None:
         """Take forwarded bytes; complete messages are queued.
@@ -155,13 +164,13 @@ class MessageBuffer:
                 self.overflows += 1
                 raise Overflow(f"replay buffer full ({len(self.messages)} messages, {self.bytes} bytes)")
             self.bytes -= len(self.messages.popleft())
-            self.dropped_messages += 1
+            self._drop("overflow")
             self.overflows += 1
         if len(message) > self.max_bytes:
             if self.policy is OverflowPolicy.CLOSE:
                 self.overflows += 1
                 raise Overflow(f"message of {len(message)} bytes is larger than the replay buffer")
-            self.dropped_messages += 1
+            self._drop("too_large")
             self.overflows += 1
             return
         self.messages.append(message)

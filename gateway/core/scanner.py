@@ -224,6 +224,19 @@ class FrameScanner:
             return self._split_offset > 0 or self._split_opcode == Opcode.CONTINUATION
         return self._in_message
 
+    @property
+    def at_boundary(self) -> bool:
+        """True when no message is in progress: every counted message has been handed on whole."""
+        return not self._in_message and not (self._split and self._remaining)
+
+    @property
+    def complete_messages(self) -> int:
+        """Messages whose last byte has been handed on (``messages`` counts one at its last frame's
+        header, which for a re-headed frame is before its payload)."""
+        if self._split and self._remaining and self._split_fin:
+            return self.messages - 1
+        return self.messages
+
     def discard_data(self) -> None:
         """Stop forwarding: the session is closing. Control frames are still read."""
         if self._mode is ScanMode.RELAY:

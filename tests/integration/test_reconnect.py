@@ -227,7 +227,7 @@ async def test_buffer_overflow_drop_oldest_replays_newest(
         make_upstream(port=app.port)
         echoes = [(await ws.receive(timeout=scaled(15))).data for _ in range(5)]
     assert echoes == [f"held {i}" for i in range(5, 10)]
-    assert await gw.metric("ws_gateway_replay_dropped_messages_total") == 5
+    assert await gw.metric("ws_gateway_replay_dropped_messages_total", reason="overflow") == 5
     assert await gw.metric("ws_gateway_replayed_messages_total") == 5
 
 
@@ -409,7 +409,8 @@ async def test_fragmented_message_cut_by_the_outage_is_resent_whole(
     make_upstream(port=app.port)
     fin, opcode, payload = await client.read_frame(timeout=15)
     assert (fin, opcode, payload) == (True, Opcode.TEXT, b"before the kill | after the kill")
-    assert await gw.metric("ws_gateway_replay_dropped_messages_total") == 0
+    for reason in ("unconfirmed", "cut", "overflow", "too_large"):
+        assert await gw.metric("ws_gateway_replay_dropped_messages_total", reason=reason) == 0, reason
     client.close()
 
 

@@ -14,7 +14,8 @@ from gateway.core.closerules import Event
 from gateway.core.codec import Opcode, build_close_payload, build_frame
 from gateway.core.scanner import FrameScanner
 from gateway.leg import Leg
-from gateway.session import Recovery, Session, SessionState
+from gateway.reconnect import Recovery
+from gateway.session import Session, SessionState
 from gateway.upstream import UpstreamConnection, UpstreamProtocol
 from tests.fakes import FakeTransport, Harness, attach, open_session, settle
 from tests.support import client_frame

@@ -1,0 +1,34 @@
+"""A test upstream that records every client message it receives, durably across its own kills.
+
+``/ws/record?client=N`` appends each received text message as a line to ``$RECORD_DIR/N.txt``
+with one ``write()`` per message, so what the app received survives SIGKILL (the kernel has it).
+A connection whose handshake carries ``X-Gateway-Possible-Duplicates`` first appends a line
+``dup <count>``. The delivery tests compare these files with what the clients sent and with the
+gateway's loss counters.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+
+app = FastAPI()
+RECORD_DIR = Path(os.environ.get("RECORD_DIR", "."))
+
+
+@app.websocket("/ws/record")
+async def record(websocket: WebSocket, client: int) -> None:
+    fd = os.open(RECORD_DIR / f"{client}.txt", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        duplicates = websocket.headers.get("x-gateway-possible-duplicates")
+        if duplicates is not None:
+            os.write(fd, f"dup {int(duplicates)}\n".encode())
+        await websocket.accept()
+        while True:
+            os.write(fd, (await websocket.receive_text()).encode() + b"\n")
+    except WebSocketDisconnect:
+        pass
+    finally:
+        os.close(fd)

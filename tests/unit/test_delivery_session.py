@@ -1,0 +1,161 @@
+"""Delivery guarantees on fake transports: confirmation pings, and what an outage does with the
+messages the lost upstream had not confirmed, in both reconnect.delivery modes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from gateway.core.codec import Opcode, build_frame
+from gateway.session import SessionState
+from gateway.upstream import UpstreamConnection, UpstreamProtocol
+from tests.fakes import FakeTransport, Harness, open_session, settle
+from tests.support import client_frame
+from tests.unit.test_session import with_recovery
+
+
+def delivery_session(mode: str, **reconnect: Any) -> tuple[Harness, list[FakeTransport]]:
+    """A session with reconnection in ``mode``; each reconnect gets a new fake upstream (listed)."""
+    h = open_session({"reconnect": {"enabled": True, "delivery": mode, "confirm_interval": "20ms", **reconnect}})
+    upstreams: list[FakeTransport] = []
+
+    async def reopen(attempt: int) -> UpstreamConnection:
+        transport = FakeTransport(f"upstream {len(upstreams) + 2}")
+        upstreams.append(transport)
+        protocol = UpstreamProtocol()
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        return UpstreamConnection(transport, protocol, None, b"")  # type: ignore[arg-type]
+
+    with_recovery(h, reopen)
+    return h, upstreams
+
+
+def texts(transport: FakeTransport) -> list[bytes]:
+    return [payload for _, op, payload in transport.frames() if op == Opcode.TEXT]
+
+
+def pings(transport: FakeTransport) -> list[bytes]:
+    return [payload for _, op, payload in transport.frames() if op == Opcode.PING]
+
+
+def send(h: Harness, *messages: bytes) -> None:
+    for message in messages:
+        h.from_client(client_frame(Opcode.TEXT, message))
+
+
+async def confirm(h: Harness, upstream: FakeTransport, feed: Any = None) -> None:
+    """Wait for the confirmation ping on ``upstream`` and answer it as the app's WebSocket layer would."""
+    before = len(pings(upstream))
+    for _ in range(50):
+        await settle(0.01)
+        if len(pings(upstream)) > before:
+            break
+    payload = pings(upstream)[-1]
+    (feed or h.session.upstream.scanner.feed)(build_frame(Opcode.PONG, payload, masked=False))
+
+
+def lost(h: Harness, reason: str) -> float:
+    return h.registry.get_sample_value("ws_gateway_replay_dropped_messages_total", {"reason": reason}) or 0.0
+
+
+async def test_a_confirmation_ping_follows_client_messages_and_an_idle_session_sends_none() -> None:
+    """After client messages, one 9-byte ping goes upstream behind them; its pong confirms them all."""
+    h, _ = delivery_session("at_most_once")
+    send(h, b"one", b"two", b"three")
+    await confirm(h, h.upstream)
+    frames = h.upstream.frames()
+    assert [op for _, op, _ in frames] == [Opcode.TEXT] * 3 + [Opcode.PING]
+    assert len(frames[-1][2]) == 9, "not a keepalive payload (8 bytes)"
+    confirmations = h.session.recovery.confirmations  # type: ignore[union-attr]
+    assert confirmations is not None and confirmations.ledger.confirmed == 3
+    await settle(0.08)
+    assert len(pings(h.upstream)) == 1, "nothing new to confirm: no more pings"
+    send(h, b"four")
+    await confirm(h, h.upstream)
+    assert len(pings(h.upstream)) == 2 and confirmations.ledger.confirmed == 4
+
+
+async def test_at_most_once_counts_the_unconfirmed_messages_and_does_not_resend_them() -> None:
+    """Two confirmed, three unconfirmed at the loss: the three are counted (reason unconfirmed) and the
+    new upstream gets only what the client sent during the outage."""
+    h, upstreams = delivery_session("at_most_once")
+    send(h, b"m1", b"m2")
+    await confirm(h, h.upstream)
+    send(h, b"m3", b"m4", b"m5")
+    h.session.upstream.transport_lost()
+    assert h.session.state is SessionState.RECONNECTING
+    assert lost(h, "unconfirmed") == 3
+    send(h, b"during")
+    await settle(0.02)
+    assert h.session.state is SessionState.OPEN
+    assert texts(upstreams[0]) == [b"during"]
+    assert h.session.recovery is not None and h.session.recovery.lost_total == 3
+    assert h.session.recovery.possible_duplicates == 0
+
+
+async def test_at_least_once_resends_the_unconfirmed_messages_first_in_order() -> None:
+    """Same outage in at_least_once: m3-m5 go to the new upstream before what was held, nothing is
+    counted lost, and the session knows three may be duplicates."""
+    h, upstreams = delivery_session("at_least_once")
+    send(h, b"m1", b"m2")
+    await confirm(h, h.upstream)
+    send(h, b"m3", b"m4", b"m5")
+    h.session.upstream.transport_lost()
+    send(h, b"during")
+    await settle(0.02)
+    assert h.session.state is SessionState.OPEN
+    assert texts(upstreams[0]) == [b"m3", b"m4", b"m5", b"during"]
+    assert sum(lost(h, r) for r in ("unconfirmed", "cut", "overflow", "too_large")) == 0
+    assert h.session.recovery is not None and h.session.recovery.possible_duplicates == 3
+
+
+async def test_at_least_once_resends_again_what_the_next_upstream_did_not_confirm() -> None:
+    """The replayed messages are unconfirmed on the new upstream: lost again before its pong, they are
+    re-sent again; after its pong they are not."""
+    h, upstreams = delivery_session("at_least_once")
+    send(h, b"a", b"b")
+    h.session.upstream.transport_lost()
+    await settle(0.02)
+    assert texts(upstreams[0]) == [b"a", b"b"]
+    h.session.upstream.transport_lost()
+    await settle(0.02)
+    assert texts(upstreams[1]) == [b"a", b"b"]
+    await confirm(h, upstreams[1])
+    send(h, b"c")
+    h.session.upstream.transport_lost()
+    await settle(0.02)
+    assert texts(upstreams[2]) == [b"c"]
+
+
+async def test_a_message_in_progress_at_the_loss_is_resent_whole_in_both_modes() -> None:
+    """The first fragment went to the old upstream, the last comes during the outage: the new one gets
+    the whole message (never a continuation without its start)."""
+    for mode in ("at_most_once", "at_least_once"):
+        h, upstreams = delivery_session(mode)
+        h.from_client(client_frame(Opcode.TEXT, b"first half ", fin=False))
+        h.session.upstream.transport_lost()
+        h.from_client(client_frame(Opcode.CONTINUATION, b"second half"))
+        await settle(0.02)
+        frames = upstreams[0].frames()
+        assert [(fin, op) for fin, op, _ in frames if op != Opcode.PING] == [
+            (False, Opcode.TEXT), (True, Opcode.CONTINUATION)], mode
+        assert b"".join(p for _, op, p in frames if op != Opcode.PING) == b"first half second half", mode
+
+
+async def test_at_least_once_past_buffer_bytes_counts_the_messages_it_could_not_keep() -> None:
+    """buffer_bytes 100: unconfirmed messages beyond what fits are lost, counted as overflow."""
+    h, upstreams = delivery_session("at_least_once", buffer_bytes="100B", overflow="drop_oldest")
+    send(h, b"x" * 60, b"y" * 60, b"z" * 10)
+    h.session.upstream.transport_lost()
+    await settle(0.02)
+    assert texts(upstreams[0]) == [b"z" * 10]
+    assert lost(h, "overflow") == 2
+
+
+async def test_no_confirmation_ping_without_reconnection() -> None:
+    """Reconnection off: nothing to confirm for, nothing extra on the wire."""
+    h = open_session({"reconnect": {"enabled": False, "confirm_interval": "20ms"}})
+    h.session.attach(h.client, h.client_flow, h.upstream, h.upstream_flow)  # type: ignore[arg-type]
+    send(h, b"one")
+    await asyncio.sleep(0.06)
+    assert not pings(h.upstream)
