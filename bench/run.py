@@ -15,6 +15,11 @@ For each upstream (a fast raw echo server, then FastAPI under uvicorn) and each 
 * relay CPU per handshake (connect, upgrade, close);
 * relay CPU ms per MiB relayed with 1 MiB messages.
 
+The gateway runs three times: with the default configuration (reconnection on, delivery
+at_most_once: confirmation pings while messages flow), with reconnection off (no confirmation
+pings: the pings' price is the difference), and with reconnect.delivery at_least_once (the pings
+plus a copy of each message until its confirmation).
+
 Ratios are printed against NGINX measured in the same run. Figures from a shared 2-core
 machine vary by 10-20 % between runs; compare ratios, not absolute values.
 """
@@ -150,12 +155,18 @@ def start(name: str, args: list[str], port: int, env: dict[str, str] | None = No
 def start_relays(upstream_port: int, workdir: Path) -> list[Server]:
     python = sys.executable
     servers = [Server("direct", None, f"http://{HOST}:{upstream_port}")]
-    port = free_port()
     gateway_env = {"GATEWAY_DRAIN_LISTENER_DELAY": "0s", "GATEWAY_DRAIN_SPREAD": "0s",
                    "GATEWAY_DRAIN_TIMEOUT": "2s", "GATEWAY_MAX_SESSIONS": "20000", "GATEWAY_LOG_LEVEL": "warning"}
-    servers.append(start("ws-gateway", [python, "-m", "gateway", "--listen", f"{HOST}:{port}", "--admin-listen",
-                                        f"{HOST}:{free_port()}", "--upstream", f"ws://{HOST}:{upstream_port}"],
-                         port, gateway_env))
+    # The default configuration (reconnection on, delivery at_most_once: confirmation pings), and two
+    # variants that price the delivery guarantees: no confirmation pings at all (reconnection off),
+    # and at_least_once (the pings plus a copy of every unconfirmed message).
+    for name, extra_env in (("ws-gateway", {}),
+                            ("ws-gateway, reconnect off", {"GATEWAY_RECONNECT_ENABLED": "false"}),
+                            ("ws-gateway, at_least_once", {"GATEWAY_RECONNECT_DELIVERY": "at_least_once"})):
+        port = free_port()
+        servers.append(start(name, [python, "-m", "gateway", "--listen", f"{HOST}:{port}", "--admin-listen",
+                                    f"{HOST}:{free_port()}", "--upstream", f"ws://{HOST}:{upstream_port}"],
+                             port, {**gateway_env, **extra_env}))
     port = free_port()
     servers.append(start("naive aiohttp", [python, "-m", "bench.naive_relay", str(port),
                                            f"http://{HOST}:{upstream_port}"], port))

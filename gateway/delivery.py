@@ -36,38 +36,53 @@ class Confirmations:
         scanner: the client leg's scanner (its message counts are the stream's positions).
         interval: least seconds between two confirmation pings.
         send_ping: writes a ping with this payload on the session's current upstream leg.
+        listen: makes the client leg call :meth:`wrote` on every write (``self``) or not (None).
+            at_most_once needs to hear of a write only when no ping is due: between a write that
+            armed the timer and the next pong, the relay pays nothing for it.
     """
 
-    __slots__ = ("_counter", "_handle", "_interval", "_outstanding", "_payload", "_scanner", "_send_ping",
-                 "ledger", "pings")
+    __slots__ = ("_counter", "_handle", "_interval", "_listen", "_outstanding", "_payload", "_scanner",
+                 "_send_ping", "ledger", "pings")
 
     def __init__(self, ledger: Ledger, scanner: FrameScanner, interval: float,
-                 send_ping: Callable[[bytes], None]) -> None:
+                 send_ping: Callable[[bytes], None], listen: Callable[[Confirmations | None], None]) -> None:
         self.ledger = ledger
         self._scanner = scanner
         self._interval = interval
         self._send_ping = send_ping
+        self._listen = listen
         self._handle: asyncio.TimerHandle | None = None
         self._outstanding: Mark | None = None
         self._payload = b""
         self._counter = 0
         self.pings = 0
-        """Confirmation pings sent (for the session log)."""
+        """Confirmation pings sent."""
 
     def wrote(self, data: bytes, more: bytes = b"") -> None:
-        """Frames went upstream: record them, and arm a confirmation ping unless one is due."""
-        scanner = self._scanner
-        self.ledger.wrote(data, more, scanner.complete_messages, scanner.at_boundary)
+        """Frames went upstream: record them (at_least_once), and arm a confirmation ping unless one is due."""
+        if self.ledger.keeps_bytes:
+            scanner = self._scanner
+            self.ledger.wrote(data, more, scanner.complete_messages, scanner.at_boundary)
+        else:
+            self._listen(None)  # until the next pong: its ping will cover this write and later ones
         if self._handle is None and self._outstanding is None:
             self._handle = asyncio.get_running_loop().call_later(self._interval, self._fire)
 
+    def _mark(self) -> Mark:
+        if self.ledger.keeps_bytes:
+            return self.ledger.mark()
+        # Without kept bytes only the count matters: every complete message has been written whole.
+        return Mark(self._scanner.complete_messages, 0)
+
     def _fire(self) -> None:
         self._handle = None
-        if not self.ledger.unconfirmed_boundary:
-            return  # mid-message since the last confirmation: the next write arms again
+        mark = self._mark()
+        if mark.messages <= self.ledger.confirmed:
+            self._listen(self)  # mid-message since the last confirmation: the next write arms again
+            return
         self._counter += 1
         self._payload = _CONFIRM_PAYLOAD.pack(b"c", self._counter)
-        self._outstanding = self.ledger.mark()
+        self._outstanding = mark
         self.pings += 1
         self._send_ping(self._payload)
 
@@ -78,8 +93,10 @@ class Confirmations:
             return
         self._outstanding = None
         self.ledger.confirm(mark)
-        if self._handle is None and self.ledger.unconfirmed_boundary:
+        if self._mark().messages > self.ledger.confirmed:
             self._handle = asyncio.get_running_loop().call_later(self._interval, self._fire)
+        else:
+            self._listen(self)
 
     def stop(self) -> None:
         """The upstream leg is gone or closing: no more pings, and a late pong confirms nothing."""
@@ -89,7 +106,8 @@ class Confirmations:
         self._outstanding = None
 
     def restart(self) -> None:
-        """After the replay to a new upstream: confirm what it was sent."""
+        """After the replay to a new upstream: confirm what it was sent, and hear of new writes."""
         self.stop()
-        if self.ledger.unconfirmed_boundary:
+        self._listen(self)
+        if self._mark().messages > self.ledger.confirmed:
             self._handle = asyncio.get_running_loop().call_later(self._interval, self._fire)

@@ -152,7 +152,7 @@ class Session:
             config = recovery.config
             ledger = Ledger(keep_bytes=config.delivery is DeliveryMode.AT_LEAST_ONCE, limit=config.buffer_bytes)
             recovery.confirmations = Confirmations(ledger, self.client.scanner, config.confirm_interval,
-                                                   self._send_confirmation)
+                                                   self._send_confirmation, self._hear_writes)
             self.client.delivery = recovery.confirmations
             if not ledger.keeps_bytes:
                 # at_most_once keeps only the start of a message in progress (re-sent whole after an
@@ -187,6 +187,10 @@ class Session:
 
     def _send_confirmation(self, payload: bytes) -> None:
         self.upstream.send_ping(payload)
+
+    def _hear_writes(self, confirmations: Confirmations | None) -> None:
+        if self.state is SessionState.OPEN:  # during an outage nothing is written upstream
+            self.client.delivery = confirmations
 
     def _set_state(self, state: SessionState) -> None:
         logger.debug("session %s: %s -> %s", self.session_id, self.state.value, state.value)
@@ -496,7 +500,6 @@ class Session:
         confirmations = recovery.confirmations
         assert confirmations is not None
         confirmations.ledger.resent(replay, whole, self.client.scanner.complete_messages, replayed)
-        self.client.delivery = confirmations
         self._set_state(SessionState.OPEN)
         protocol.attach(upstream.scanner.feed, upstream.transport_lost, connection.first_bytes)
         upstream.schedule_ping()

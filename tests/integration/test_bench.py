@@ -14,7 +14,8 @@ def test_quick_benchmark_reports_all_relays() -> None:
                             capture_output=True, text=True, cwd=ROOT, timeout=scaled(180), check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {line.split("|")[1].strip(): line for line in result.stdout.splitlines() if line.startswith("| ")}
-    for relay in ("direct", "ws-gateway", "naive aiohttp", "nginx", "haproxy"):
+    for relay in ("direct", "ws-gateway", "ws-gateway, reconnect off", "ws-gateway, at_least_once",
+                  "naive aiohttp", "nginx", "haproxy"):
         assert relay in rows, result.stdout
     gateway_cells = [cell.strip() for cell in rows["ws-gateway"].split("|")]
     assert gateway_cells[2] != "-" and float(gateway_cells[2]) > 0, "gateway CPU per message was measured"
