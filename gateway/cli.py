@@ -19,6 +19,7 @@ import yaml
 
 from gateway import __version__
 from gateway.core.config import ConfigError, GatewayConfig, effective_config, load_config, unknown_environment
+from gateway.core.units import format_size
 from gateway.sessionlog import configure_logging
 
 __all__ = ["main"]
@@ -71,6 +72,10 @@ def _check_config(argv: Sequence[str]) -> int:
     for warning in unknown_environment(os.environ):
         print(f"ws-gateway: warning: {warning}", file=sys.stderr)
     print(f"# {args.file}: valid. Effective configuration (GATEWAY_* variables applied):")
+    print(f"# Check: upstream.max_message_size ({format_size(config.upstream.max_message_size)}) should be your "
+          "app's own limit\n# (uvicorn --ws-max-size, default 16MiB; Daphne 1MiB): a larger message then gets "
+          "1009 from the\n# gateway before any of it is sent, instead of a reset the gateway can only guess at "
+          "(docs/reconnection.md).")
     print(yaml.safe_dump(effective_config(config), sort_keys=False), end="")
     return 0
 

@@ -141,6 +141,7 @@ class Leg:
         "flow",
         "handshake",
         "listener",
+        "lost_by_reset",
         "masked",
         "name",
         "other",
@@ -192,6 +193,8 @@ class Leg:
         self._ping_counter = 0
         self._close_deadline: asyncio.TimerHandle | None = None
         self.reading_paused = False
+        self.lost_by_reset = False
+        """The TCP connection ended with a reset (or a failed write), not an orderly close."""
         self.recent: bytearray | None = None
         """Client leg with reconnection: bytes forwarded since the last message boundary, kept only
         while a message is incomplete so an outage can re-send it whole (None: not kept)."""
@@ -353,10 +356,11 @@ class Leg:
         self._ping_handle = self._pong_deadline = None
 
     # --- transport events ----------------------------------------------------------------------
-    def transport_lost(self) -> None:
-        """The TCP connection is gone."""
+    def transport_lost(self, reset: bool = False) -> None:
+        """The TCP connection is gone (``reset``: not by an orderly close)."""
         if self.handshake.state is LegState.CLOSED:
             return
+        self.lost_by_reset = reset
         self.handshake.transport_lost()
         self.scanner.stop()
         self.stop_keepalive()

@@ -36,7 +36,7 @@ HANDSHAKE_STATUSES: Final = ("400", "403", "404", "408", "426", "429", "431", "5
 """Bounded ``status`` label values of handshake failures."""
 CONNECT_RESULTS: Final = tuple(result.value for result in ConnectResult)
 RECONNECT_RESULTS: Final = (*CONNECT_RESULTS, RECONNECT_SUBPROTOCOL)
-REPLAY_DROP_REASONS: Final = ("unconfirmed", "cut", "overflow", "too_large")
+REPLAY_DROP_REASONS: Final = ("unconfirmed", "cut", "overflow", "too_large", "refused")
 """Why a client message was lost at an upstream outage (gateway.core.delivery, gateway.core.replay)."""
 """``result`` of reconnect attempts: the connect results, plus ``subprotocol`` (the new upstream
 chose another subprotocol than the first one)."""
@@ -186,7 +186,8 @@ class GatewayMetrics:
             f"{PREFIX}_replay_dropped_messages",
             "Client messages lost at upstream outages, by reason: unconfirmed (at_most_once: sent, not "
             "confirmed, not re-sent), cut (the outage began inside a message too large to keep), overflow "
-            "(replay or retention limit), too_large (larger than the replay buffer).",
+            "(replay or retention limit), too_large (larger than the replay buffer), refused (a message the "
+            "upstream refused or failed on; the client was closed naming it).",
             ["reason"],
             registry=registry,
         )

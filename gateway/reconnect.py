@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from gateway.core.backoff import Breaker, Delays
 from gateway.core.closerules import Event
 from gateway.core.config import ReconnectConfig
+from gateway.core.delivery import DeliveryMode, Loss, Unconfirmed
 from gateway.core.replay import MessageBuffer, Overflow
 from gateway.delivery import Confirmations
 from gateway.upstream import ConnectResult, UpstreamConnection, UpstreamRefused, UpstreamUnavailable
 
-__all__ = ["GaveUp", "OutageHold", "Reconnected", "Recovery", "Reopen", "reconnect"]
+__all__ = ["GaveUp", "OutageHold", "Reconnected", "Recovery", "Reopen", "outage_buffer", "reconnect"]
 
 Reopen = Callable[[int], Awaitable[UpstreamConnection]]
 """Opens a new upstream connection; the argument is the attempt number (1, 2, ...)."""
@@ -116,6 +117,8 @@ class Recovery:
     outage_total: float = 0.0
     confirmations: Confirmations | None = None
     """Confirmation pings and the delivery ledger (set when the session is attached)."""
+    last_loss: Loss | None = None
+    """The previous upstream loss, for the poison-message rule (gateway.core.delivery.judge_loss)."""
     possible_duplicates: int = 0
     """Unconfirmed messages the current outage will re-send (at_least_once; sent in the reconnect handshake)."""
     lost_in_outage: int = 0
@@ -159,3 +162,36 @@ class OutageHold:
     def get_write_buffer_size(self) -> int:
         """Nothing waits on a socket: no backpressure while holding (the buffer has its own limits)."""
         return 0
+
+
+def outage_buffer(
+    config: ReconnectConfig, unconfirmed: Unconfirmed, in_message: bool, recent: bytearray | None,
+    recent_too_large: bool,
+) -> tuple[MessageBuffer, dict[str, int], str]:
+    """The replay buffer for an outage starting now, primed with what the lost upstream left unconfirmed.
+
+    at_most_once: unconfirmed messages are counted as lost; only a message still in progress (its
+    start kept in ``recent``) is re-sent whole. at_least_once: the kept unconfirmed messages go first
+    (possible duplicates), those past the byte limit are counted as lost.
+
+    Returns:
+        the buffer; the messages lost, by reason; and, if the kept messages overflow the buffer
+        under the ``close`` policy, why (the session then closes the client).
+    """
+    lost: dict[str, int] = {}
+    if config.delivery is DeliveryMode.AT_LEAST_ONCE:
+        skip = in_message and not unconfirmed.kept_partial
+        lost["overflow"] = unconfirmed.lost_overflow
+    else:
+        skip = recent_too_large and in_message
+        lost["unconfirmed"] = unconfirmed.messages
+    buffer = MessageBuffer(config.buffer_messages, config.buffer_bytes, config.overflow, skip_message=skip)
+    try:
+        if unconfirmed.resend:
+            buffer.feed(unconfirmed.resend)  # whole messages queued, a partial one's start kept
+        elif recent is not None and not recent_too_large:
+            buffer.prime(bytes(recent))  # the start of a message in progress: re-sent whole
+    except Overflow as exc:
+        lost["overflow"] += unconfirmed.resend_messages - len(buffer.messages)
+        return buffer, lost, str(exc)
+    return buffer, lost, ""

@@ -30,14 +30,22 @@ from gateway.core.closecodes import Cause, CloseCode, Initiator
 from gateway.core.closerules import CloseRule, Event, From, LegName, rule_for
 from gateway.core.closing import Close
 from gateway.core.config import ClientConfig, UpstreamConfig
-from gateway.core.delivery import DeliveryMode, Ledger, Unconfirmed
-from gateway.core.replay import MessageBuffer, Overflow
+from gateway.core.delivery import (
+    DeliveryMode,
+    Ledger,
+    Loss,
+    Unconfirmed,
+    Verdict,
+    first_message_is_invalid_text,
+    judge_loss,
+)
+from gateway.core.replay import MessageBuffer
 from gateway.core.targets import Target
 from gateway.delivery import Confirmations
 from gateway.flow import Backpressure, Pausable, WriteFlow
 from gateway.leg import Leg
 from gateway.metrics import GatewayMetrics
-from gateway.reconnect import GaveUp, OutageHold, Reconnected, Recovery, reconnect
+from gateway.reconnect import GaveUp, OutageHold, Reconnected, Recovery, outage_buffer, reconnect
 from gateway.sessionlog import SessionRecord, log_session
 
 __all__ = ["Session", "SessionState", "Traffic"]
@@ -342,19 +350,28 @@ class Session:
         recovery = self.recovery
         assert recovery is not None
         now = time.monotonic()
+        unconfirmed = self._unconfirmed(recovery)
+        verdict = self._judge(recovery, unconfirmed)
+        if verdict.code:
+            named_complete = verdict.message <= self.client.scanner.complete_messages
+            self._count_lost(recovery, {"refused": 1,
+                                        "unconfirmed": unconfirmed.messages - (1 if named_complete else 0)})
+            logger.info("session %s: closing the client with %d: %s", self.session_id, verdict.code, verdict.reason)
+            self._close_client(Event.MESSAGE_REFUSED, verdict.reason, verdict.code)
+            return
         if recovery.breaker.record_loss(now):
             self.metrics.breaker_tripped()
-            self._count_lost(recovery, {"unconfirmed": self._unconfirmed(recovery).messages})
+            self._count_lost(recovery, {"unconfirmed": unconfirmed.messages})
             self._close_client(
                 Event.BREAKER_TRIPPED,
                 f"circuit breaker: upstream lost {recovery.breaker.losses} times in {recovery.breaker.window:g}s",
             )
             return
         if self.upstream.scanner.in_message:
-            self._count_lost(recovery, {"unconfirmed": self._unconfirmed(recovery).messages})
+            self._count_lost(recovery, {"unconfirmed": unconfirmed.messages})
             self._close_client(Event.LOST_MID_MESSAGE, "")
             return
-        buffer = self._outage_buffer(recovery)
+        buffer = self._outage_buffer(recovery, unconfirmed)
         if buffer is None:
             return
         client = self.client
@@ -376,40 +393,37 @@ class Session:
         )
         recovery.task = asyncio.get_running_loop().create_task(self._reconnect(recovery))
 
-    def _outage_buffer(self, recovery: Recovery) -> MessageBuffer | None:
-        """The replay buffer for an outage starting now, with what the lost upstream left unconfirmed.
+    def _judge(self, recovery: Recovery, unconfirmed: Unconfirmed) -> Verdict:
+        """Is this loss a refusal or a poison message rather than an outage? (gateway.core.delivery)"""
+        scanner = self.client.scanner
+        ledger = recovery.confirmations.ledger if recovery.confirmations is not None else None
+        confirmed = ledger.confirmed if ledger is not None else scanner.complete_messages
+        pending = unconfirmed.messages > 0 or not scanner.at_boundary
+        loss = Loss(
+            first_unconfirmed=confirmed + 1 if pending else 0,
+            reset=self.upstream.lost_by_reset,
+            last_message=scanner.complete_messages + (0 if scanner.at_boundary else 1),
+            last_size=scanner.last_message_size,
+        )
+        invalid_text = (unconfirmed.lost_overflow == 0 and bool(unconfirmed.resend)
+                        and first_message_is_invalid_text(unconfirmed.resend))
+        verdict = judge_loss(loss, recovery.last_loss, recovery.config.buffer_bytes, invalid_text)
+        recovery.last_loss = loss
+        return verdict
 
-        at_most_once: unconfirmed messages are counted as lost; only a message still in progress
-        is re-sent whole. at_least_once: the kept unconfirmed messages go first (counted as possible
-        duplicates), those past the byte limit are counted as lost. None if the session was closed
-        (the kept messages overflow the buffer under the ``close`` policy).
-        """
-        config = recovery.config
+    def _outage_buffer(self, recovery: Recovery, unconfirmed: Unconfirmed) -> MessageBuffer | None:
+        """The replay buffer for an outage starting now (:func:`gateway.reconnect.outage_buffer`);
+        None if the session was closed (kept messages overflowing under the ``close`` policy)."""
         client = self.client
-        scanner = client.scanner
-        unconfirmed = self._unconfirmed(recovery)
-        lost: dict[str, int] = {}
         recovery.lost_in_outage = 0
-        if config.delivery is DeliveryMode.AT_LEAST_ONCE:
-            skip = scanner.in_message and not unconfirmed.kept_partial
-            lost["overflow"] = unconfirmed.lost_overflow
-        else:
-            skip = client.recent_too_large and scanner.in_message
-            lost["unconfirmed"] = unconfirmed.messages
-        buffer = MessageBuffer(config.buffer_messages, config.buffer_bytes, config.overflow, skip_message=skip)
-        try:
-            if unconfirmed.resend:
-                buffer.feed(unconfirmed.resend)  # whole messages queued, a partial one's start kept
-            elif client.recent is not None and not client.recent_too_large:
-                buffer.prime(bytes(client.recent))  # the start of a message in progress: re-sent whole
-        except Overflow as exc:
-            lost["overflow"] += unconfirmed.resend_messages - len(buffer.messages)
-            self._count_lost(recovery, lost)
-            self._close_client(Event.REPLAY_OVERFLOW, str(exc))
+        buffer, lost, overflow = outage_buffer(recovery.config, unconfirmed, client.scanner.in_message,
+                                               client.recent, client.recent_too_large)
+        self._count_lost(recovery, lost)
+        if overflow:
+            self._close_client(Event.REPLAY_OVERFLOW, overflow)
             return None
         recovery.possible_duplicates = unconfirmed.resend_messages
         recovery.duplicates_total += unconfirmed.resend_messages
-        self._count_lost(recovery, lost)
         return buffer
 
     def _unconfirmed(self, recovery: Recovery) -> Unconfirmed:
@@ -454,9 +468,9 @@ class Session:
     def _replay_overflow(self, reason: str) -> None:
         self._close_client(Event.REPLAY_OVERFLOW, reason)
 
-    def _close_client(self, event: Event, reason: str) -> None:
+    def _close_client(self, event: Event, reason: str, code: int = 0) -> None:
         """Reconnection failed or is not possible: close the client as the table says."""
-        self._close(rule_for(event, LegName.UPSTREAM), reason)
+        self._close(rule_for(event, LegName.UPSTREAM), reason, code)
         self.upstream.abort()
 
     def _resume(self) -> None:

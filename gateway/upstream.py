@@ -101,9 +101,10 @@ class UpstreamProtocol(asyncio.Protocol):
         self.head.add_done_callback(_mark_retrieved)
         self._buffer = bytearray()
         self._feed: Callable[[bytes], None] | None = None
-        self._on_lost: Callable[[], None] | None = None
+        self._on_lost: Callable[[bool], None] | None = None
         self._early: list[bytes] = []
         self._lost = False
+        self._reset = False
         self.paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
 
@@ -133,6 +134,7 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
+        self._reset = exc is not None  # a reset or a failed write, not the app's orderly close
         if self.head is not None and not self.head.done():
             self.head.set_exception(
                 UpstreamUnavailable(ConnectResult.ERROR, "upstream closed the connection during the handshake")
@@ -140,7 +142,7 @@ class UpstreamProtocol(asyncio.Protocol):
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_exception(ConnectionResetError("upstream connection lost"))
         if self._on_lost is not None:
-            self._on_lost()
+            self._on_lost(self._reset)
         # The session's callbacks hold its leg, which holds the transport, which holds this protocol:
         # drop them so that cycle does not outlive the connection.
         self._feed = self._on_lost = None
@@ -169,7 +171,7 @@ class UpstreamProtocol(asyncio.Protocol):
             self._drain_waiter = asyncio.get_running_loop().create_future()
         await self._drain_waiter
 
-    def attach(self, feed: Callable[[bytes], None], on_lost: Callable[[], None], first: bytes) -> None:
+    def attach(self, feed: Callable[[bytes], None], on_lost: Callable[[bool], None], first: bytes) -> None:
         """Hand reads to ``feed`` from now on, starting with bytes that came with the handshake."""
         self.head = None  # drop the response head: idle sessions should hold nothing more
         if first:
@@ -180,7 +182,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self._feed = feed
         self._on_lost = on_lost
         if self._lost:
-            on_lost()
+            on_lost(self._reset)
 
 
 @dataclass(slots=True)

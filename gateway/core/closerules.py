@@ -68,6 +68,8 @@ class Event(enum.Enum):
     """A reconnected upstream chose another subprotocol."""
     LOST_MID_MESSAGE = "lost_mid_message"
     """The upstream was lost while a message to the client was half relayed (cannot be spliced)."""
+    MESSAGE_REFUSED = "message_refused"
+    """A client message the upstream refused or failed on (gateway.core.delivery.judge_loss): 1007, 1009, 1011."""
 
 
 class From(enum.Enum):
@@ -170,6 +172,10 @@ CLOSE_RULES: Final[tuple[CloseRule, ...]] = (
               client=Send(CloseCode.INTERNAL_ERROR), upstream=_UPSTREAM_GONE),
     CloseRule(Event.SUBPROTOCOL_CHANGED, _U, _G, Cause.PROTOCOL_ERROR,
               client=Send(CloseCode.INTERNAL_ERROR), upstream=_UPSTREAM_GONE),
+    CloseRule(Event.MESSAGE_REFUSED, _U, _G, None,
+              client=Send(From.EVENT, recorded=(int(CloseCode.INVALID_DATA), int(CloseCode.MESSAGE_TOO_BIG),
+                                                int(CloseCode.INTERNAL_ERROR))),
+              upstream=_UPSTREAM_GONE),
     CloseRule(Event.LOST_MID_MESSAGE, _U, None, Cause.ABNORMAL,
               client=Send(CloseCode.INTERNAL_ERROR, "upstream lost in the middle of a message to the client"),
               upstream=_UPSTREAM_GONE),

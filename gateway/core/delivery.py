@@ -25,8 +25,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Final
 
-__all__ = ["DeliveryMode", "Ledger", "Mark", "Unconfirmed"]
+from gateway.core.codec import PACK_16, PACK_64, Opcode, mask_payload
+
+__all__ = ["RECONNECT", "DeliveryMode", "Ledger", "Loss", "Mark", "Unconfirmed", "Verdict",
+           "first_message_is_invalid_text", "judge_loss"]
 
 
 class DeliveryMode(enum.Enum):
@@ -179,3 +183,94 @@ class Ledger:
         self._keeping = len(data) <= self.limit
         if self._keeping:
             self._bytes += data
+
+
+@dataclass(frozen=True, slots=True)
+class Loss:
+    """One upstream loss as the refusal and poison rules see it."""
+
+    first_unconfirmed: int
+    """Number (1-based, in the session) of the first client message not confirmed; 0 if none."""
+    reset: bool
+    """The connection ended with a TCP reset (the app closed it with unread data: it stopped reading)."""
+    last_message: int
+    """Number of the last client message written upstream (in progress or complete)."""
+    last_size: int
+    """Its payload size as its frame headers declare it (so far, if in progress)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What an upstream loss means for the session: reconnect (code 0), or close the client."""
+
+    code: int
+    reason: str = ""
+    message: int = 0
+    """The client message it names."""
+
+
+RECONNECT: Final = Verdict(0)
+
+
+def judge_loss(loss: Loss, previous: Loss | None, keep_limit: int, invalid_text: bool) -> Verdict:
+    """Tell a refusal or a poison message from a crash, so the client is told instead of left waiting.
+
+    Args:
+        loss: this loss.
+        previous: the session's previous upstream loss, if any.
+        keep_limit: the most bytes of a message the gateway can keep to re-send (``reconnect.buffer_bytes``).
+        invalid_text: the first unconfirmed message is kept, is text, and is not valid UTF-8.
+
+    Rules, in order:
+
+    1. A reset while the last message, unconfirmed and larger than ``keep_limit``, was being sent:
+       the app refused it (a size limit: uvicorn ``--ws-max-size``) and it cannot be re-sent: 1009.
+    2. The first unconfirmed message is the same as at the previous loss: it was re-sent and
+       killed the new upstream too (a poison message): 1007 if it is invalid UTF-8, 1009 if both
+       losses were resets (the app stopped reading in the middle of it: a size limit), else 1011
+       (the app read it and failed: a crashing handler).
+    3. Anything else is an outage: reconnect.
+    """
+    last_unconfirmed = loss.first_unconfirmed and loss.last_message >= loss.first_unconfirmed
+    if loss.reset and last_unconfirmed and loss.last_size > keep_limit:
+        return Verdict(1009, f"message #{loss.last_message} ({loss.last_size} bytes) refused by the upstream "
+                             f"(reset while sending; too large to re-send)", loss.last_message)
+    if loss.first_unconfirmed and previous is not None and previous.first_unconfirmed == loss.first_unconfirmed:
+        number = loss.first_unconfirmed
+        if invalid_text:
+            return Verdict(1007, f"message #{number} is not valid UTF-8: the upstream dropped it twice", number)
+        if loss.reset and previous.reset:
+            return Verdict(1009, f"message #{number} refused by the upstream twice (reset while sending)", number)
+        return Verdict(1011, f"message #{number} made the upstream fail twice", number)
+    return RECONNECT
+
+
+def first_message_is_invalid_text(data: bytes) -> bool:
+    """True if ``data`` (frames as the client sent them, masked) begins with a complete text message
+    whose payload is not valid UTF-8. Run only when a message is suspected, never per message."""
+    pos, opcode, payload = 0, -1, bytearray()
+    while pos + 2 <= len(data):
+        b0, b1 = data[pos], data[pos + 1]
+        length, header = b1 & 0x7F, 2
+        if length == 126:
+            length, header = PACK_16.unpack_from(data, pos + 2)[0], 4
+        elif length == 127:
+            length, header = PACK_64.unpack_from(data, pos + 2)[0], 10
+        key = data[pos + header : pos + header + 4] if b1 & 0x80 else b""
+        start = pos + header + len(key)
+        if start + length > len(data):
+            return False  # the message is not all here
+        body = data[start : start + length]
+        payload += mask_payload(key, body) if key else body
+        if opcode < 0:
+            opcode = b0 & 0x0F
+        if b0 & 0x80:
+            if opcode != Opcode.TEXT:
+                return False
+            try:
+                payload.decode("utf-8")
+            except UnicodeDecodeError:
+                return True
+            return False
+        pos = start + length
+    return False

@@ -153,6 +153,7 @@ class FrameScanner:
         "_mode",
         "_remaining",
         "_sink",
+        "_sized_message",
         "_skip_fin",
         "_small_header",
         "_split",
@@ -186,6 +187,8 @@ class FrameScanner:
         """Payload bytes still to come of the frame being read (control, re-headed or skipped)."""
         self._in_message = False
         self._message_size = 0
+        self._sized_message = 0
+        """The message whose size ``_message_size`` holds, once complete (the fast path sizes none)."""
         self._message_split = False
         self._control_opcode = -1
         self._control_masked = False
@@ -236,6 +239,14 @@ class FrameScanner:
         if self._split and self._remaining and self._split_fin:
             return self.messages - 1
         return self.messages
+
+    @property
+    def last_message_size(self) -> int:
+        """Payload size of the message in progress (as its frame headers declared so far), or of the
+        last message; 0 for a last message small enough for the fast path (125 bytes at most)."""
+        if self._in_message or (self._split and self._remaining) or self._sized_message == self.messages:
+            return self._message_size
+        return 0
 
     def discard_data(self) -> None:
         """Stop forwarding: the session is closing. Control frames are still read."""
@@ -372,6 +383,7 @@ class FrameScanner:
         if fin:
             self._in_message = False
             self.messages += 1
+            self._sized_message = self.messages
         else:
             self._in_message = True
         if whole:

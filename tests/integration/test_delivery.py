@@ -118,3 +118,89 @@ async def test_messages_across_an_upstream_outage_are_delivered_or_counted(
         if kind == "SIGSTOP":
             assert counted["unconfirmed"] > 0, "a frozen app leaves messages unconfirmed"
     print(f"{kind} {mode}: lost {lost_total}, counted {counted}, duplicates {duplicates_total}")
+
+
+@pytest.mark.parametrize("mode", ["at_most_once", "at_least_once"])
+async def test_a_message_over_the_apps_size_limit_always_ends_in_1009(
+    mode: str, make_gateway: Callable[..., GatewayProcess], make_upstream: Callable[..., Upstream],
+) -> None:
+    """uvicorn --ws-max-size 1MiB behind the gateway's default 16 MiB limit: 1.5, 3 and 5 MiB messages,
+    three tries each, every one ends with 1009 (uvicorn's own close when it gets through, else the
+    gateway's naming the message), never a silent reconnect."""
+    app = make_upstream(extra=["--ws-max-size", str(1 << 20)])
+    gw = make_gateway(app.url, {"reconnect": {"delivery": mode}})
+    reasons = []
+    async with aiohttp.ClientSession() as http:
+        for size in (1_500_000, 3 << 20, 5 << 20):
+            for _ in range(3):
+                async with http.ws_connect(gw.url + "/ws/echo", max_msg_size=0) as ws:
+                    await ws.send_bytes(b"x" * size)
+                    msg = await ws.receive(timeout=scaled(15))
+                    assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1009), (size, msg)
+                    reasons.append(msg.extra)
+    by_gateway = await gw.metric("ws_gateway_closes_total", leg="client", code="1009", initiator="gateway",
+                                 cause="message_too_big")
+    by_app = await gw.metric("ws_gateway_closes_total", leg="client", code="1009", initiator="upstream",
+                             cause="message_too_big")
+    assert by_gateway + by_app == 9, reasons
+    assert await gw.metric("ws_gateway_replay_dropped_messages_total", reason="refused") == by_gateway
+    assert all("refused by the upstream" in r or "exceeds limit" in r for r in reasons), reasons
+    print(f"{mode}: 1009 from uvicorn {by_app:g}, from the gateway {by_gateway:g}")
+
+
+async def test_a_crashing_handler_ends_with_1011_naming_the_message_at_least_once(
+    make_gateway: Callable[..., GatewayProcess], make_upstream: Callable[..., Upstream],
+) -> None:
+    """/ws/crash fails on the first message it reads: re-sent once, it kills the new upstream too, and the
+    client gets 1011 "message #1 made the upstream fail twice" (not the breaker, several messages later)."""
+    app = make_upstream()
+    gw = make_gateway(app.url, {"reconnect": {"delivery": "at_least_once"}})
+    async with aiohttp.ClientSession() as http, http.ws_connect(gw.url + "/ws/crash") as ws:
+        await ws.send_str("boom")
+        msg = await ws.receive(timeout=scaled(15))
+    assert (msg.type, msg.data, msg.extra) == (aiohttp.WSMsgType.CLOSE, 1011, "message #1 made the upstream fail twice")
+    assert await gw.metric("ws_gateway_upstream_reconnects_total", result="ok") == 1, "one retry, bounded"
+    assert await gw.metric("ws_gateway_replay_dropped_messages_total", reason="refused") == 1
+    [line] = await gw.wait_session_log(1)
+    assert line["client_code"] == 1011 and line["lost_messages"] == 1
+
+
+async def test_a_crashing_handler_at_most_once_costs_the_message_counted(
+    make_gateway: Callable[..., GatewayProcess], make_upstream: Callable[..., Upstream],
+) -> None:
+    """at_most_once does not re-send: the message that crashed the handler is counted lost (unconfirmed)
+    and the client stays connected to a new upstream."""
+    app = make_upstream()
+    gw = make_gateway(app.url)
+    async with aiohttp.ClientSession() as http, http.ws_connect(gw.url + "/ws/crash") as ws:
+        await ws.send_str("boom")
+        await async_wait_until_resumed(gw)
+        assert not ws.closed
+    assert await gw.metric("ws_gateway_replay_dropped_messages_total", reason="unconfirmed") == 1
+
+
+async def async_wait_until_resumed(gw: GatewayProcess) -> None:
+    deadline = time.monotonic() + scaled(15)
+    while await gw.metric("ws_gateway_sessions_resumed_total") < 1:
+        assert time.monotonic() < deadline, "the session did not resume"
+        await asyncio.sleep(0.05)
+
+
+async def test_invalid_utf8_that_wsproto_drops_twice_is_1007_at_least_once(
+    make_gateway: Callable[..., GatewayProcess], make_upstream: Callable[..., Upstream],
+) -> None:
+    """uvicorn --ws wsproto drops TCP on a text message that is not UTF-8; the gateway, holding the
+    message, tells the client 1007 as uvicorn would directly."""
+    from gateway.core.codec import Opcode
+    from tests.support import RawClient, client_frame
+
+    app = make_upstream(extra=["--ws", "wsproto"])
+    gw = make_gateway(app.url, {"reconnect": {"delivery": "at_least_once"}})
+    client = await RawClient.connect(gw.port, "/ws/echo")
+    try:
+        client.send(client_frame(Opcode.TEXT, b"caf\xc3"))
+        _fin, opcode, payload = await client.read_frame(timeout=15)
+    finally:
+        client.close()
+    assert (opcode, payload[:2]) == (Opcode.CLOSE, (1007).to_bytes(2, "big")), payload
+    assert payload[2:].decode() == "message #1 is not valid UTF-8: the upstream dropped it twice"

@@ -109,22 +109,87 @@ async def test_at_least_once_resends_the_unconfirmed_messages_first_in_order() -
     assert h.session.recovery is not None and h.session.recovery.possible_duplicates == 3
 
 
-async def test_at_least_once_resends_again_what_the_next_upstream_did_not_confirm() -> None:
-    """The replayed messages are unconfirmed on the new upstream: lost again before its pong, they are
-    re-sent again; after its pong they are not."""
+async def test_at_least_once_resends_again_after_a_confirmed_replay() -> None:
+    """What a new upstream confirmed is not sent again at its loss; what came after it is."""
     h, upstreams = delivery_session("at_least_once")
     send(h, b"a", b"b")
     h.session.upstream.transport_lost()
     await settle(0.02)
     assert texts(upstreams[0]) == [b"a", b"b"]
-    h.session.upstream.transport_lost()
-    await settle(0.02)
-    assert texts(upstreams[1]) == [b"a", b"b"]
-    await confirm(h, upstreams[1])
+    await confirm(h, upstreams[0])
     send(h, b"c")
     h.session.upstream.transport_lost()
     await settle(0.02)
-    assert texts(upstreams[2]) == [b"c"]
+    assert texts(upstreams[1]) == [b"c"]
+    assert h.session.state is SessionState.OPEN
+
+
+async def test_a_message_that_kills_the_upstream_again_on_replay_ends_the_session_naming_it() -> None:
+    """Poison: message #2 is the first unconfirmed at two losses in a row (re-sent, and the new upstream
+    died on it too): the client gets 1011 naming it, counted as refused; no third upstream is tried."""
+    h, upstreams = delivery_session("at_least_once")
+    send(h, b"fine")
+    await confirm(h, h.upstream)
+    send(h, b"poison")
+    h.session.upstream.transport_lost()
+    await settle(0.02)
+    assert texts(upstreams[0]) == [b"poison"]
+    h.session.upstream.transport_lost()
+    await settle(0.02)
+    assert h.client.close_frames() == [(1011, "message #2 made the upstream fail twice")]
+    assert len(upstreams) == 1
+    assert lost(h, "refused") == 1
+    h.session.client.transport_lost()
+    assert h.closes("client", 1011, "gateway", "internal") == 1
+
+
+async def test_invalid_utf8_that_kills_the_upstream_twice_is_1007() -> None:
+    """The poison message is kept text that is not UTF-8 (what uvicorn's wsproto drops TCP on): 1007."""
+    h, _ = delivery_session("at_least_once")
+    send(h, b"caf\xc3")
+    h.session.upstream.transport_lost()
+    await settle(0.02)
+    h.session.upstream.transport_lost()
+    await settle(0.02)
+    assert h.client.close_frames() == [(1007, "message #1 is not valid UTF-8: the upstream dropped it twice")]
+
+
+async def test_twice_reset_while_sending_the_same_message_is_1009() -> None:
+    """Both losses were TCP resets with the same message first unconfirmed: a size refusal, 1009."""
+    h, _ = delivery_session("at_least_once")
+    send(h, b"x" * 300)
+    h.session.upstream.transport_lost(reset=True)
+    await settle(0.02)
+    h.session.upstream.transport_lost(reset=True)
+    await settle(0.02)
+    assert h.client.close_frames() == [(1009, "message #1 refused by the upstream twice (reset while sending)")]
+    h.session.client.transport_lost()
+    assert h.closes("client", 1009, "gateway", "message_too_big") == 1
+
+
+async def test_a_reset_while_sending_a_message_too_large_to_resend_is_1009_at_once() -> None:
+    """A 2 KiB message with buffer_bytes 1 KiB, reset by the upstream while sent: it cannot be re-sent,
+    so the client hears 1009 at once, in either mode (not a silent loss)."""
+    for mode in ("at_most_once", "at_least_once"):
+        h, upstreams = delivery_session(mode, buffer_bytes="1KiB")
+        send(h, b"small")
+        await confirm(h, h.upstream)
+        send(h, b"y" * 2048)
+        h.session.upstream.transport_lost(reset=True)
+        await settle(0.02)
+        assert h.client.close_frames() == [
+            (1009, "message #2 (2048 bytes) refused by the upstream (reset while sending; too large to re-send)")], mode
+        assert not upstreams, "no reconnect"
+
+
+async def test_an_orderly_close_during_a_large_message_is_an_outage() -> None:
+    """No reset (the app closed TCP in order, as a restart does): the same message is an ordinary loss."""
+    h, upstreams = delivery_session("at_most_once", buffer_bytes="1KiB")
+    send(h, b"y" * 2048)
+    h.session.upstream.transport_lost()
+    await settle(0.02)
+    assert h.session.state is SessionState.OPEN and len(upstreams) == 1
+    assert lost(h, "unconfirmed") == 1
 
 
 async def test_a_message_in_progress_at_the_loss_is_resent_whole_in_both_modes() -> None:

@@ -94,6 +94,7 @@ def test_check_config_prints_effective_config() -> None:
     printed = yaml.safe_load(result.stdout)
     assert printed["client"]["ping_interval"] == "20s"
     assert printed["upstream"]["url"] == "ws://127.0.0.1:8000"
+    assert "# Check: upstream.max_message_size (16MiB) should be your app's own limit" in result.stdout
 
 
 def test_bad_config_exits_2_naming_every_problem(tmp_path: Path) -> None:

@@ -1,8 +1,10 @@
-"""The delivery ledger: confirmed positions, what an upstream loss leaves unconfirmed, what is kept to re-send."""
+"""The delivery ledger (confirmed positions, what an upstream loss leaves unconfirmed, what is kept to
+re-send) and the rules that tell a refusal or a poison message from an outage."""
 
 from __future__ import annotations
 
-from gateway.core.delivery import Ledger
+from gateway.core.codec import Opcode, build_frame
+from gateway.core.delivery import RECONNECT, Ledger, Loss, first_message_is_invalid_text, judge_loss
 
 
 def write_messages(ledger: Ledger, first: int, count: int, size: int = 10) -> bytes:
@@ -106,3 +108,47 @@ def test_header_and_payload_of_a_reheaded_frame_are_kept_in_order() -> None:
     ledger = Ledger(keep_bytes=True, limit=1000)
     ledger.wrote(b"H", b"payload", 1, True)
     assert ledger.lost(1, False).resend == b"Hpayload"
+
+
+# --- refusals and poison messages -------------------------------------------------------------------
+
+
+def test_a_reset_while_sending_a_message_too_large_to_keep_is_a_refusal() -> None:
+    loss = Loss(first_unconfirmed=3, reset=True, last_message=3, last_size=5 << 20)
+    verdict = judge_loss(loss, None, 1 << 20, False)
+    assert verdict.code == 1009 and verdict.message == 3
+    assert verdict.reason.startswith("message #3 (5242880 bytes) refused by the upstream")
+
+
+def test_no_refusal_without_a_reset_or_when_the_message_fits_or_was_confirmed() -> None:
+    base = {"first_unconfirmed": 3, "reset": True, "last_message": 3, "last_size": 5 << 20}
+    assert judge_loss(Loss(**{**base, "reset": False}), None, 1 << 20, False) is RECONNECT
+    assert judge_loss(Loss(**{**base, "last_size": 1000}), None, 1 << 20, False) is RECONNECT
+    assert judge_loss(Loss(**{**base, "first_unconfirmed": 0}), None, 1 << 20, False) is RECONNECT
+
+
+def test_the_same_first_unconfirmed_message_at_two_losses_is_poison() -> None:
+    """1007 for invalid UTF-8, 1009 after two resets, 1011 otherwise; a different message is an outage."""
+    first = Loss(first_unconfirmed=4, reset=False, last_message=5, last_size=10)
+    again = Loss(first_unconfirmed=4, reset=False, last_message=4, last_size=10)
+    assert judge_loss(again, first, 1000, False).code == 1011
+    assert judge_loss(again, first, 1000, True).code == 1007
+    resets = Loss(first_unconfirmed=4, reset=True, last_message=4, last_size=10)
+    assert judge_loss(resets, resets, 1000, False).code == 1009
+    assert judge_loss(resets, first, 1000, False).code == 1011, "one reset is not a pattern"
+    later = Loss(first_unconfirmed=5, reset=False, last_message=5, last_size=10)
+    assert judge_loss(later, first, 1000, False) is RECONNECT
+
+
+def test_invalid_text_is_found_in_the_first_message_only() -> None:
+    def masked(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+        return build_frame(opcode, payload, masked=True, fin=fin)
+
+    assert first_message_is_invalid_text(masked(Opcode.TEXT, b"caf\xc3"))
+    assert not first_message_is_invalid_text(masked(Opcode.TEXT, "café".encode()))
+    assert not first_message_is_invalid_text(masked(Opcode.BINARY, b"\xff"))
+    fragments = masked(Opcode.TEXT, b"caf\xc3", fin=False) + masked(Opcode.CONTINUATION, b"\xa9")
+    assert not first_message_is_invalid_text(fragments), "a character split across fragments is valid"
+    assert first_message_is_invalid_text(masked(Opcode.TEXT, b"ok\xff", fin=False) + masked(Opcode.CONTINUATION, b""))
+    assert not first_message_is_invalid_text(masked(Opcode.TEXT, b"ok") + masked(Opcode.TEXT, b"\xff"))
+    assert not first_message_is_invalid_text(masked(Opcode.TEXT, b"x" * 300)[:100]), "incomplete: unknown"
