@@ -109,6 +109,11 @@ ROWS = [
               [(f"sum by (code) (rate(ws_gateway_closes_total{UPSTREAM_STARTED}[{RATE}]))",
                 "{{code}}")],
               "Closes the app started, by code: 1006 = crash or escaped exception, 1012 = restart.", width=12),
+        Panel("Client messages lost at outages", "ops",
+              [(f"sum by (reason) (rate(ws_gateway_replay_dropped_messages_total{sel()}[{RATE}]))", "{{reason}}")],
+              "unconfirmed: sent, not confirmed by the lost app (at_most_once; an upper bound); cut, overflow, "
+              "too_large: replay limits; refused: a message the app refused or failed on (client closed).",
+              stacked=True, width=12),
     ]),
     Row("Keepalive", [
         Panel("Ping round trip p50 / p99", "s",
@@ -138,6 +143,10 @@ ROWS = [
         Panel("Protocol errors", "ops",
               [(f"sum by (leg) (rate(ws_gateway_protocol_errors_total{sel()}[{RATE}]))", "{{leg}}")],
               "Malformed frames, by the leg they came from.", width=12),
+        Panel("Discarded after the close began", "ops",
+              [(f"sum by (direction) (rate(ws_gateway_discarded_messages_total{sel()}[{RATE}]))", "{{direction}}")],
+              "Data messages that arrived after a session began to close, not relayed (counted, by direction).",
+              width=12),
     ]),
     Row("Lifecycle", [
         Panel("Draining pods", "short", [(f"sum(ws_gateway_draining{sel()})", "draining")],
