@@ -16,6 +16,7 @@ closes after ``drain.listener_delay``, open sessions get 1012 spread over
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -101,6 +102,9 @@ class Gateway:
         self._networks = config.proxy.networks
         upstream = config.upstream
         self.pool = TargetPool(upstream.url, upstream.selection, upstream.cooldown)
+        self._delays = functools.partial(full_jitter_backoff, config.reconnect.initial_backoff,
+                                         config.reconnect.max_backoff)
+        """One maker of reconnect delays for every session (a closure per session cost memory)."""
         self._upstream_ok_at = 0.0
         self._runners: list[web.BaseRunner] = []
         self._traffic_site: web.TCPSite | None = None
@@ -247,7 +251,7 @@ class Gateway:
                 config=reconnect,
                 reopen=self._reopener(session, target_path, upstream_headers, offered),
                 subprotocol=upstream.subprotocol,
-                delays=lambda: full_jitter_backoff(reconnect.initial_backoff, reconnect.max_backoff),
+                delays=self._delays,
                 breaker=Breaker(reconnect.max_reconnects, reconnect.breaker_window),
                 allowed=not self.draining,
             )
