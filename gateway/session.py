@@ -385,11 +385,13 @@ class Session:
         if config.notify_loss:
             client.write_text(config.notify_loss.format(session_id=self.session_id))
         logger.info(
-            "session %s: upstream lost (%s); reconnecting; %d unconfirmed messages %s",
+            "session %s: upstream lost (%s); reconnecting; %d unconfirmed messages %s%s",
             self.session_id,
             "no close frame" if code is None else f"close {code}",
             recovery.possible_duplicates or recovery.lost_in_outage,
             "to re-send" if config.delivery is DeliveryMode.AT_LEAST_ONCE else "lost",
+            f", from message #{recovery.last_loss.first_unconfirmed}"
+            if recovery.last_loss is not None and recovery.last_loss.first_unconfirmed else "",
         )
         recovery.task = asyncio.get_running_loop().create_task(self._reconnect(recovery))
 

@@ -177,6 +177,7 @@ async def test_a_crashing_handler_at_most_once_costs_the_message_counted(
         await async_wait_until_resumed(gw)
         assert not ws.closed
     assert await gw.metric("ws_gateway_replay_dropped_messages_total", reason="unconfirmed") == 1
+    assert "1 unconfirmed messages lost, from message #1" in gw.output(), "the log names the message"
 
 
 async def async_wait_until_resumed(gw: GatewayProcess) -> None:
