@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench storm conformance dashboard dashboard-preview image system-deps clean fuzz
+.PHONY: demo test lint bench storm compression conformance dashboard dashboard-preview image system-deps clean fuzz
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ bench: $(STAMP) system-deps
 # to NGINX. Options, e.g.: make storm STORM_ARGS="--sessions 10000 --jitter reconnecting-websocket"
 storm: $(STAMP) system-deps
 	$(BIN)/python -m bench.storm $(STORM_ARGS)
+
+# permessage-deflate measurements (bench/compression.py): client-leg wire bytes direct, through NGINX and
+# through the gateway, and what zlib costs a side that compresses (issue 14's design choice).
+compression: $(STAMP) system-deps
+	$(BIN)/python -m bench.compression
 
 # Autobahn|Testsuite on both legs next to a control (docs/conformance.md). Needs root: the first run
 # builds a Debian bullseye chroot for wstest (Python 2) under ~/.cache/ws-gateway. Options, e.g.:

@@ -38,3 +38,22 @@ def test_quick_storm_reestablishes_every_session_through_both_relays() -> None:
     gateway_notes = result.stdout.split("\nws-gateway:\n", 1)[1].split("\nnginx:\n", 1)[0]
     assert "close codes seen: {'1012': 200}" in gateway_notes, "gateway A really sent 1012 to every session"
     assert "A exited with 0" in gateway_notes, "and finished its drain"
+
+
+def test_quick_compression_measurement_counts_the_client_leg_exactly() -> None:
+    """`python -m bench.compression --quick`: every path measured, NGINX byte-identical to direct (a tunnel),
+    the gateway without compression today, and the computed termination row equal to the direct one."""
+    result = subprocess.run([sys.executable, "-m", "bench.compression", "--quick"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=scaled(120), check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[1:-1]]
+            for line in result.stdout.splitlines() if line.startswith("| ")}
+    direct = rows["direct to uvicorn, client offers deflate"]
+    assert direct[1].startswith("`permessage-deflate"), direct
+    assert rows["NGINX -> uvicorn, client offers deflate"][3] == direct[3], "NGINX passes compressed frames on"
+    gateway = rows["ws-gateway -> uvicorn, client offers deflate"]
+    assert gateway[1] == "`none`" and int(gateway[3].replace(",", "")) > int(direct[3].replace(",", ""))
+    termination = [cells for cells in (
+        [cell.strip() for cell in line.split("|")[1:-1]] for line in result.stdout.splitlines()
+        if line.startswith("| 12 / 5 | takeover |"))]
+    assert termination and termination[0][2] == direct[3], "zlib with uvicorn's settings gives the direct bytes"
