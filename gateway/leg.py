@@ -215,8 +215,10 @@ class Leg:
         if recent is not None and (recent or self.recent_too_large or self.scanner.in_message):
             self._retain(data, b"")
         out = self.out
-        out.write(data)
+        # Read before writing: a write into the outage hold may resume the session (and re-attach
+        # delivery) inside it, and those bytes went to the hold, not upstream.
         delivery = self.delivery
+        out.write(data)
         if delivery is not None:
             delivery.wrote(data)
         # On loopback most writes complete at once: one C call decides the common case.
@@ -228,9 +230,10 @@ class Leg:
         if self.recent is not None:
             self._retain(header, payload)
         out = self.out
+        delivery = self.delivery  # before writing: see forward()
         out.writelines((header, payload))
-        if self.delivery is not None:
-            self.delivery.wrote(header, payload)
+        if delivery is not None:
+            delivery.wrote(header, payload)
         if out.get_write_buffer_size() and self.other.flow.is_paused() and not self.reading_paused:
             self.listener.leg_backlogged(self, self.other)
 

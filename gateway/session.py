@@ -511,7 +511,9 @@ class Session:
         if retired_leg.closed:
             retired_leg.release()  # else when its connection ends (leg_lost)
         if self.client.recent is not None:
-            self.client.recent.clear()
+            # The replay may end with the start of a message still in progress: that start is what
+            # a next outage must re-send, with the fragments that follow.
+            self.client.recent[:] = replay[whole:]
         self.client.recent_too_large = False
         confirmations = recovery.confirmations
         assert confirmations is not None

@@ -159,6 +159,14 @@ class MessageBuffer:
             return
         message = bytes(self._pending)
         self._pending.clear()
+        if len(message) > self.max_bytes:
+            # It can never fit: drop it alone, before it could evict messages that do fit.
+            if self.policy is OverflowPolicy.CLOSE:
+                self.overflows += 1
+                raise Overflow(f"message of {len(message)} bytes is larger than the replay buffer")
+            self._drop("too_large")
+            self.overflows += 1
+            return
         while self.messages and (len(self.messages) >= self.max_messages or self.bytes + len(message) > self.max_bytes):
             if self.policy is OverflowPolicy.CLOSE:
                 self.overflows += 1
@@ -166,13 +174,6 @@ class MessageBuffer:
             self.bytes -= len(self.messages.popleft())
             self._drop("overflow")
             self.overflows += 1
-        if len(message) > self.max_bytes:
-            if self.policy is OverflowPolicy.CLOSE:
-                self.overflows += 1
-                raise Overflow(f"message of {len(message)} bytes is larger than the replay buffer")
-            self._drop("too_large")
-            self.overflows += 1
-            return
         self.messages.append(message)
         self.bytes += len(message)
 
