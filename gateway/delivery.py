@@ -42,7 +42,7 @@ class Confirmations:
     """
 
     __slots__ = ("_counter", "_handle", "_interval", "_listen", "_outstanding", "_payload", "_scanner",
-                 "_send_ping", "ledger", "pings")
+                 "_send_ping", "ledger")
 
     def __init__(self, ledger: Ledger, scanner: FrameScanner, interval: float,
                  send_ping: Callable[[bytes], None], listen: Callable[[Confirmations | None], None]) -> None:
@@ -55,8 +55,6 @@ class Confirmations:
         self._outstanding: Mark | None = None
         self._payload = b""
         self._counter = 0
-        self.pings = 0
-        """Confirmation pings sent."""
 
     def wrote(self, data: bytes, more: bytes = b"") -> None:
         """Frames went upstream: record them (at_least_once), and arm a confirmation ping unless one is due."""
@@ -83,7 +81,6 @@ class Confirmations:
         self._counter += 1
         self._payload = _CONFIRM_PAYLOAD.pack(b"c", self._counter)
         self._outstanding = mark
-        self.pings += 1
         self._send_ping(self._payload)
 
     def pong(self, payload: bytes) -> None:
@@ -93,10 +90,8 @@ class Confirmations:
             return
         self._outstanding = None
         self.ledger.confirm(mark)
-        if self._mark().messages > self.ledger.confirmed:
-            self._handle = asyncio.get_running_loop().call_later(self._interval, self._fire)
-        else:
-            self._listen(self)
+        if not self._arm_if_unconfirmed():
+            self._listen(self)  # all confirmed: the next write arms the timer
 
     def stop(self) -> None:
         """The upstream leg is gone or closing: no more pings, and a late pong confirms nothing."""
@@ -109,5 +104,11 @@ class Confirmations:
         """After the replay to a new upstream: confirm what it was sent, and hear of new writes."""
         self.stop()
         self._listen(self)
-        if self._mark().messages > self.ledger.confirmed:
-            self._handle = asyncio.get_running_loop().call_later(self._interval, self._fire)
+        self._arm_if_unconfirmed()
+
+    def _arm_if_unconfirmed(self) -> bool:
+        """Arm the next confirmation ping if complete messages are waiting for one."""
+        if self._mark().messages <= self.ledger.confirmed:
+            return False
+        self._handle = asyncio.get_running_loop().call_later(self._interval, self._fire)
+        return True

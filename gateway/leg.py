@@ -290,7 +290,7 @@ class Leg:
 
     # --- writing to this leg's peer ---------------------------------------------------------
     def send_ping(self, payload: bytes) -> None:
-        """Send the peer a ping of the gateway's own (a confirmation ping), if data may still go."""
+        """Send the peer a ping of the gateway's own (keepalive or confirmation), if data may still go."""
         if self.handshake.can_send_data:
             self.transport.write(build_frame(Opcode.PING, payload, masked=self.masked))
 
@@ -339,7 +339,7 @@ class Leg:
         self._ping_counter += 1
         self._ping_payload = _PING_PAYLOAD.pack(self._ping_counter)
         self._ping_sent = time.monotonic()
-        self.transport.write(build_frame(Opcode.PING, self._ping_payload, masked=self.masked))
+        self.send_ping(self._ping_payload)
         self._pong_deadline = asyncio.get_running_loop().call_later(self.config.ping_timeout, self._ping_timeout)
 
     def _ping_timeout(self) -> None:

@@ -36,10 +36,10 @@ HANDSHAKE_STATUSES: Final = ("400", "403", "404", "408", "426", "429", "431", "5
 """Bounded ``status`` label values of handshake failures."""
 CONNECT_RESULTS: Final = tuple(result.value for result in ConnectResult)
 RECONNECT_RESULTS: Final = (*CONNECT_RESULTS, RECONNECT_SUBPROTOCOL)
-REPLAY_DROP_REASONS: Final = ("unconfirmed", "cut", "overflow", "too_large", "refused")
-"""Why a client message was lost at an upstream outage (gateway.core.delivery, gateway.core.replay)."""
 """``result`` of reconnect attempts: the connect results, plus ``subprotocol`` (the new upstream
 chose another subprotocol than the first one)."""
+REPLAY_DROP_REASONS: Final = ("unconfirmed", "cut", "overflow", "too_large", "refused")
+"""Why a client message was lost at an upstream outage (gateway.core.delivery, gateway.core.replay)."""
 OUTAGE_BUCKETS: Final = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 """``result`` label values of upstream connection attempts: ``ok`` (101), ``refused``
 (TCP refused), ``error`` (other socket error), ``timeout``, ``invalid`` (a bad

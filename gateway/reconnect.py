@@ -97,7 +97,6 @@ async def reconnect(
     return GaveUp(Event.RECONNECT_GAVE_UP, f"upstream unavailable for {time.monotonic() - started:.1f}s")
 
 
-
 @dataclass(slots=True)
 class Recovery:
     """What a session needs to replace its upstream leg (reconnection enabled)."""

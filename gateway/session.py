@@ -398,11 +398,10 @@ class Session:
     def _judge(self, recovery: Recovery, unconfirmed: Unconfirmed) -> Verdict:
         """Is this loss a refusal or a poison message rather than an outage? (gateway.core.delivery)"""
         scanner = self.client.scanner
-        ledger = recovery.confirmations.ledger if recovery.confirmations is not None else None
-        confirmed = ledger.confirmed if ledger is not None else scanner.complete_messages
+        assert recovery.confirmations is not None
         pending = unconfirmed.messages > 0 or not scanner.at_boundary
         loss = Loss(
-            first_unconfirmed=confirmed + 1 if pending else 0,
+            first_unconfirmed=recovery.confirmations.ledger.confirmed + 1 if pending else 0,
             reset=self.upstream.lost_by_reset,
             last_message=scanner.complete_messages + (0 if scanner.at_boundary else 1),
             last_size=scanner.last_message_size,
@@ -438,8 +437,9 @@ class Session:
         scanner = self.client.scanner
         return confirmations.ledger.lost(scanner.complete_messages, scanner.in_message)
 
-    def _count_lost(self, recovery: Recovery, lost: dict[str, int]) -> None:
-        self.metrics.replay_lost(lost, False, recovery.config.overflow.value)
+    def _count_lost(self, recovery: Recovery, lost: dict[str, int], overflowed: bool = False) -> None:
+        """Count client messages lost at an outage, by reason: metrics, this outage, the session."""
+        self.metrics.replay_lost(lost, overflowed, recovery.config.overflow.value)
         total = sum(lost.values())
         recovery.lost_in_outage += total
         recovery.lost_total += total
@@ -486,9 +486,7 @@ class Session:
         outage = time.monotonic() - recovery.outage_started
         recovery.reconnects += 1
         recovery.outage_total += outage
-        self.metrics.replay_lost(buffer.dropped, buffer.overflows > 0, buffer.policy.value)
-        recovery.lost_in_outage += buffer.dropped_messages
-        recovery.lost_total += buffer.dropped_messages
+        self._count_lost(recovery, buffer.dropped, buffer.overflows > 0)
         self.metrics.session_resumed(outage, replayed)
         config = recovery.config
         if config.notify_resume:
@@ -537,8 +535,7 @@ class Session:
             recovery.ready = None
         if recovery.hold is not None:
             buffer = recovery.hold.buffer
-            self.metrics.replay_lost(buffer.dropped, buffer.overflows > 0, buffer.policy.value)
-            recovery.lost_total += buffer.dropped_messages
+            self._count_lost(recovery, buffer.dropped, buffer.overflows > 0)
             recovery.outage_total += time.monotonic() - recovery.outage_started
             recovery.hold = None
 

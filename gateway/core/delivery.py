@@ -134,10 +134,6 @@ class Ledger:
         """The position a confirmation ping sent now will confirm (the last boundary)."""
         return Mark(self._boundary_messages, self._boundary_offset)
 
-    @property
-    def unconfirmed_boundary(self) -> bool:
-        """True if the last boundary is past the confirmed position (a ping would confirm more)."""
-        return self._boundary_messages > self.confirmed
 
     def confirm(self, mark: Mark) -> None:
         """The pong for a ping sent at ``mark`` arrived: everything up to it was read upstream."""

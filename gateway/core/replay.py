@@ -11,7 +11,7 @@ whole: the client leg keeps the bytes forwarded since the last message
 boundary (only while a message is incomplete, up to the buffer's byte limit)
 and :meth:`MessageBuffer.prime` takes the unfinished message's start from
 them. If that start was not kept (too large), the buffer is started in "skip"
-mode and drops the rest of the message, counted in ``dropped_messages``.
+mode and drops the rest of the message, counted in ``dropped["cut"]``.
 """
 
 from __future__ import annotations
