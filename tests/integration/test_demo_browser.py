@@ -221,7 +221,10 @@ async def press_restart(page: DevTools, demo: ManagedProcess) -> int:
     assert "kept through the restart: the page never saw a close; 3/3 held messages echoed in order" in text, text
     replayed = re.search(r"replayed (\d+) held messages", text)
     assert replayed and int(replayed.group(1)) >= 3, text
-    assert re.search(r"demo: the app is back \(pid \d+\)", demo.output()), demo.output()
+    # The demo prints this once its own port poll sees the new app, which may be after the gateway
+    # reconnected and the page got its echoes: wait for the line rather than read it at once.
+    await async_wait_until(lambda: re.search(r"demo: the app is back \(pid \d+\)", demo.output()) is not None,
+                           10, "the demo to report the app is back")
     await page.wait_text("state", r"^open \(subprotocol chat\.v1\)$")
     assert "1012" not in await page.text("log")  # the app's 1012 never reached the page
     return int(replayed.group(1))
