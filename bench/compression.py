@@ -12,8 +12,10 @@ the client, the loopback leg stays plain). This script measures the two things t
    ``examples.app``'s /ws/echo under uvicorn, which echoes each one: the client->server direction
    is what the client compressed, server->client what uvicorn (or the relay) compressed. One row
    per path: direct to uvicorn offering permessage-deflate (the ``websockets`` default), through
-   NGINX (a byte tunnel: the offer reaches uvicorn), through ws-gateway (which today drops the
-   offer), and direct with no offer. A counting TCP relay in this process sits between the client
+   NGINX (a byte tunnel: the offer reaches uvicorn), through ws-gateway (which terminates
+   compression: it answers the offer itself and deflates towards the client; its
+   client.compression is switched on for this run), and direct with no offer. A counting TCP
+   relay in this process sits between the client
    and the thing under test and counts TCP payload bytes each way. Each direction's handshake (up
    to and including the first CRLFCRLF) is counted apart and left out of the wire figures; the
    wire figures are read once the last echo has arrived, so the close handshake is left out too.
@@ -318,7 +320,8 @@ def start_paths(servers: list[Server], workdir: Path) -> list[Row]:
         port = free_port()
         env = {"GATEWAY_LOG_LEVEL": "warning", "GATEWAY_CLIENT_PING_INTERVAL": "0",
                "GATEWAY_UPSTREAM_PING_INTERVAL": "0", "GATEWAY_DRAIN_LISTENER_DELAY": "0s",
-               "GATEWAY_DRAIN_SPREAD": "0s", "GATEWAY_DRAIN_TIMEOUT": "2s"}
+               "GATEWAY_DRAIN_SPREAD": "0s", "GATEWAY_DRAIN_TIMEOUT": "2s",
+               "GATEWAY_CLIENT_COMPRESSION_ENABLED": "true"}
         launch("ws-gateway", [python, "-m", "gateway", "--listen", f"{HOST}:{port}", "--admin-listen",
                               f"{HOST}:{free_port()}", "--upstream", f"ws://{HOST}:{uvicorn_port}"],
                port, servers, workdir, env)

@@ -25,8 +25,10 @@ from typing import Final, Protocol
 from gateway.core.closerules import LegName
 from gateway.core.closing import Close, ClosingHandshake, LegState, Role
 from gateway.core.codec import Opcode, build_frame
+from gateway.core.compression import DeflateAgreement
 from gateway.core.config import LegConfig
-from gateway.core.scanner import FrameScanner
+from gateway.core.deflate import Deflater, Inflater
+from gateway.core.scanner import FrameScanner, ScannerSink
 from gateway.delivery import Confirmations
 from gateway.flow import WriteFlow
 
@@ -125,6 +127,9 @@ class Leg:
         flow: write-side flow control of that transport.
         config: this leg's settings.
         close_timeout: seconds a closing handshake (or the TCP close after it) may take.
+        scanner_limits: the other leg's settings: its limits apply to what this peer sends.
+        compression: the client leg's permessage-deflate agreement, if one was made: this peer's
+            compressed messages are inflated before they go on, and data for it is deflated.
     """
 
     __slots__ = (
@@ -140,6 +145,7 @@ class Leg:
         "failed",
         "flow",
         "handshake",
+        "inflater",
         "listener",
         "lost_by_reset",
         "masked",
@@ -152,6 +158,7 @@ class Leg:
         "recent_too_large",
         "retain_limit",
         "scanner",
+        "sender",
         "transport",
     )
 
@@ -164,6 +171,7 @@ class Leg:
         config: LegConfig,
         close_timeout: float,
         scanner_limits: LegConfig,
+        compression: DeflateAgreement | None = None,
     ) -> None:
         self.name = name
         self.listener = listener
@@ -175,12 +183,24 @@ class Leg:
         """Frames the gateway writes to this peer must be masked (the gateway is the client here)."""
         self.handshake = ClosingHandshake(Role.CLIENT if self.masked else Role.SERVER)
         # Frames from this peer go to the other leg: the other leg's limits apply to them.
+        sink: ScannerSink = self
+        self.inflater: Inflater | None = None
+        """Client leg with compression agreed: inflates this peer's compressed messages."""
+        if compression is not None:
+            sink = self.inflater = Inflater(self, compression, scanner_limits.max_message_size,
+                                            scanner_limits.max_frame_size)
         self.scanner = FrameScanner(
-            self,
+            sink,
             expect_masked=not self.masked,
             max_message_size=scanner_limits.max_message_size,
             max_frame_size=scanner_limits.max_frame_size,
+            compressed=compression is not None,
         )
+        if self.inflater is not None:
+            self.inflater.scanner = self.scanner
+        self.sender: DataOut = transport if compression is None else Deflater(transport, compression,
+                                                                              config.max_frame_size)
+        """Where the other leg writes data for this peer: the transport, or the deflater in front of it."""
         self.other: Leg = self
         self.out: DataOut = DROP
         """Where this peer's data goes; the session points it at the other leg."""

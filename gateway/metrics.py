@@ -25,7 +25,15 @@ from gateway.core.replay import OverflowPolicy
 from gateway.reconnect import RECONNECT_SUBPROTOCOL
 from gateway.upstream import ConnectResult
 
-__all__ = ["CONNECT_RESULTS", "DIRECTIONS", "HANDSHAKE_STATUSES", "LEGS", "GatewayMetrics", "TrafficCounters"]
+__all__ = [
+    "COMPRESSION_RESULTS",
+    "CONNECT_RESULTS",
+    "DIRECTIONS",
+    "HANDSHAKE_STATUSES",
+    "LEGS",
+    "GatewayMetrics",
+    "TrafficCounters",
+]
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series double the exposition and no dashboard reads them
 
@@ -38,6 +46,9 @@ CONNECT_RESULTS: Final = tuple(result.value for result in ConnectResult)
 RECONNECT_RESULTS: Final = (*CONNECT_RESULTS, RECONNECT_SUBPROTOCOL)
 """``result`` of reconnect attempts: the connect results, plus ``subprotocol`` (the new upstream
 chose another subprotocol than the first one)."""
+COMPRESSION_RESULTS: Final = ("negotiated", "not_offered", "declined")
+"""``result`` of permessage-deflate negotiation at client handshakes: agreed; the client offered none;
+offered and declined (client.compression.enabled false, or no offer the gateway accepts)."""
 REPLAY_DROP_REASONS: Final = ("unconfirmed", "cut", "overflow", "too_large", "refused")
 """Why a client message was lost at an upstream outage (gateway.core.delivery, gateway.core.replay)."""
 OUTAGE_BUCKETS: Final = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -61,6 +72,10 @@ class TrafficCounters(Protocol):
         """Messages not relayed because they arrived after the session began to close, each way."""
         ...
 
+    def compression(self) -> tuple[int, int, int, int, int, int]:
+        """(compressed messages, wire bytes, plain bytes) client->upstream, then upstream->client."""
+        ...
+
 
 class _TrafficCollector(Collector):
     """Sums live sessions' integers plus folded totals at scrape time."""
@@ -71,11 +86,14 @@ class _TrafficCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         totals = list(self._owner.folded_traffic)
         discarded = list(self._owner.folded_discarded)
+        compression = list(self._owner.folded_compression)
         for session in self._owner.live_sessions:
             for index, value in enumerate(session.traffic()):
                 totals[index] += value
             for index, value in enumerate(session.discarded()):
                 discarded[index] += value
+            for index, value in enumerate(session.compression()):
+                compression[index] += value
         families = (
             ("messages", "Data messages relayed, by direction.", 0),
             ("payload_bytes", "Data-frame payload bytes relayed, by direction.", 1),
@@ -94,6 +112,7 @@ class _TrafficCollector(Collector):
         family.add_metric([DIRECTIONS[0]], discarded[0])
         family.add_metric([DIRECTIONS[1]], discarded[1])
         yield family
+        yield from _compression_families(compression)
         gauge = GaugeMetricFamily(f"{PREFIX}_sessions_open", "Client sessions open now.")
         gauge.add_metric([], len(self._owner.live_sessions))
         yield gauge
@@ -113,6 +132,25 @@ class _TrafficCollector(Collector):
             yield replay_gauge
 
 
+def _compression_families(totals: list[int]) -> Iterator[Metric]:
+    """permessage-deflate on the client leg: compressed messages, and their payload bytes on the
+    client's wire and as the app sends or receives them (the ratio is what compression saves)."""
+    messages = CounterMetricFamily(f"{PREFIX}_compressed_messages",
+                                   "Messages that crossed the client leg compressed (permessage-deflate), "
+                                   "by direction.",
+                                   labels=["direction"])
+    payload = CounterMetricFamily(f"{PREFIX}_compressed_payload_bytes",
+                                  "Payload bytes of compressed messages, by direction and form: wire (compressed, "
+                                  "on the client leg) or plain (as the app sends or receives them).",
+                                  labels=["direction", "form"])
+    for offset, direction in ((0, DIRECTIONS[0]), (3, DIRECTIONS[1])):
+        messages.add_metric([direction], totals[offset])
+        payload.add_metric([direction, "wire"], totals[offset + 1])
+        payload.add_metric([direction, "plain"], totals[offset + 2])
+    yield messages
+    yield payload
+
+
 class GatewayMetrics:
     """The gateway's metrics on one registry; tests pass a fresh registry."""
 
@@ -121,6 +159,7 @@ class GatewayMetrics:
         self.live_sessions: set[TrafficCounters] = set()
         self.folded_traffic = [0, 0, 0, 0, 0, 0]
         self.folded_discarded = [0, 0]
+        self.folded_compression = [0, 0, 0, 0, 0, 0]
         self._sessions = Counter(f"{PREFIX}_sessions", "Client sessions accepted (upgraded).", registry=registry)
         self._closes = Counter(
             f"{PREFIX}_closes",
@@ -156,6 +195,13 @@ class GatewayMetrics:
             ["status"],
             registry=registry,
         )
+        self._compression = Counter(
+            f"{PREFIX}_compression_negotiations",
+            "permessage-deflate at client handshakes, by result: negotiated, not_offered, declined.",
+            ["result"],
+            registry=registry,
+        )
+        self._compression_children = {result: self._compression.labels(result) for result in COMPRESSION_RESULTS}
         self._connects = Counter(
             f"{PREFIX}_upstream_connects",
             "Upstream connection attempts, by result.",
@@ -242,6 +288,8 @@ class GatewayMetrics:
             self.folded_traffic[index] += value
         for index, value in enumerate(session.discarded()):
             self.folded_discarded[index] += value
+        for index, value in enumerate(session.compression()):
+            self.folded_compression[index] += value
         children = self._close_children
         for leg, code, initiator, cause in legs:
             key = (leg, code, initiator, cause)
@@ -270,6 +318,10 @@ class GatewayMetrics:
         """A client's upgrade was answered with HTTP ``status``."""
         label = str(status)
         self._handshake_failures.labels(label if label in HANDSHAKE_STATUSES else "other").inc()
+
+    def compression_negotiated(self, result: str) -> None:
+        """A client handshake's permessage-deflate outcome (one of COMPRESSION_RESULTS)."""
+        self._compression_children[result].inc()
 
     def upstream_connect(self, result: str) -> None:
         """An upstream connection attempt ended with ``result`` (one of CONNECT_RESULTS)."""

@@ -31,6 +31,7 @@ from gateway.core.backoff import Breaker, full_jitter_backoff
 from gateway.core.closecodes import CloseCode
 from gateway.core.closerules import Event
 from gateway.core.codec import Opcode, build_close_payload, build_frame
+from gateway.core.compression import DeflateAgreement, ExtensionHeaderError, negotiate
 from gateway.core.config import GatewayConfig, RefusalMode, parse_host_port
 from gateway.core.forwarding import ForwardedRequest, forward_headers, offered_subprotocols
 from gateway.core.handshake import accept_key
@@ -172,6 +173,10 @@ class Gateway:
             self.metrics.handshake_failed(checked.status)
             return checked, None
         target_path = checked
+        compression = self._compression_for(raw_headers)
+        if isinstance(compression, web.Response):
+            self.metrics.handshake_failed(compression.status)
+            return compression, None
         client_config = self.config.client
         peer = request.transport.get_extra_info("peername") if request.transport else None
         peer_ip = peer[0] if peer else "unknown"
@@ -183,10 +188,23 @@ class Gateway:
                 self.metrics.handshake_failed(429)
                 return _refuse(429, f"client {forwarded.client_ip} holds its limit of {per_client} sessions"), None
             self.per_client[forwarded.client_ip] = held + 1
-        response, session = await self._connect_and_accept(request, raw_headers, forwarded, target_path)
+        response, session = await self._connect_and_accept(request, raw_headers, forwarded, target_path,
+                                                           compression)
         if session is None:
             self._client_left(forwarded.client_ip)
         return response, session
+
+    def _compression_for(self, headers: list[tuple[str, str]]) -> DeflateAgreement | str | web.Response:
+        """The permessage-deflate agreement for this client (gateway.core.compression); else the
+        ``result`` label of what happened to its offer, or a 400 for a header that does not parse."""
+        values = [value for name, value in headers if name.lower() == "sec-websocket-extensions"]
+        if not values:
+            return "not_offered"
+        try:
+            agreement = negotiate(", ".join(values), self.config.client.compression)
+        except ExtensionHeaderError as exc:
+            return _refuse(400, f"malformed Sec-WebSocket-Extensions header: {exc}")
+        return "declined" if agreement is None else agreement
 
     async def _connect_and_accept(
         self,
@@ -194,6 +212,7 @@ class Gateway:
         raw_headers: list[tuple[str, str]],
         forwarded: ForwardedRequest,
         target_path: str,
+        compression: DeflateAgreement | str,
     ) -> tuple[web.StreamResponse, Session | None]:
         """Open the upstream leg, answer 101 and start relaying; or refuse as the upstream did."""
         client_config = self.config.client
@@ -235,8 +254,11 @@ class Gateway:
                 "client offered subprotocols %s and the upstream chose none; browsers drop such a connection",
                 sanitise(", ".join(offered)),
             )
-        response = self._switching_protocols(request, upstream.subprotocol)
+        agreement = compression if isinstance(compression, DeflateAgreement) else None
+        response = self._switching_protocols(request, upstream.subprotocol,
+                                             agreement.response if agreement is not None else None)
         await response.prepare(request)
+        self.metrics.compression_negotiated("negotiated" if agreement is not None else str(compression))
         session = Session(
             session_id,
             forwarded.client_ip,
@@ -263,6 +285,7 @@ class Gateway:
             WriteFlow(lambda: client_protocol.writing_paused, client_protocol._drain_helper),
             upstream.transport,
             WriteFlow(upstream.protocol.is_paused, upstream.protocol.wait_resumed),
+            compression=agreement,
         )
         upstream.protocol.attach(session.upstream.scanner.feed, session.upstream.transport_lost, upstream.first_bytes)
         client_protocol.set_parser(_ClientFeeder(session))  # type: ignore[arg-type]
@@ -299,7 +322,8 @@ class Gateway:
         return reopen
 
     @staticmethod
-    def _switching_protocols(request: web.BaseRequest, subprotocol: str | None) -> web.StreamResponse:
+    def _switching_protocols(request: web.BaseRequest, subprotocol: str | None,
+                             extensions: str | None = None) -> web.StreamResponse:
         response = web.StreamResponse(
             status=101,
             headers={
@@ -310,6 +334,8 @@ class Gateway:
         )
         if subprotocol is not None:
             response.headers["Sec-WebSocket-Protocol"] = subprotocol
+        if extensions is not None:
+            response.headers["Sec-WebSocket-Extensions"] = extensions
         response.force_close()
         return response
 

@@ -29,7 +29,9 @@ from gateway.core.backoff import worth_retrying
 from gateway.core.closecodes import Cause, CloseCode, Initiator
 from gateway.core.closerules import CloseRule, Event, From, LegName, rule_for
 from gateway.core.closing import Close
+from gateway.core.compression import DeflateAgreement
 from gateway.core.config import ClientConfig, UpstreamConfig
+from gateway.core.deflate import compression_counts
 from gateway.core.delivery import (
     DeliveryMode,
     Ledger,
@@ -144,8 +146,8 @@ class Session:
         client_flow: WriteFlow,
         upstream_transport: asyncio.Transport,
         upstream_flow: WriteFlow,
-    ) -> None:
-        """Bind both transports, start keepalive and count the session as open."""
+        compression: DeflateAgreement | None = None) -> None:
+        """Bind both transports (and the client's compression agreement), start keepalive, count it open."""
         self.client = Leg(
             LegName.CLIENT,
             self,
@@ -153,7 +155,7 @@ class Session:
             client_flow,
             self.client_config,
             self.client_config.close_timeout,
-            scanner_limits=self.upstream_config,
+            scanner_limits=self.upstream_config, compression=compression,
         )
         recovery = self.recovery
         if recovery is not None:
@@ -189,7 +191,7 @@ class Session:
         upstream.other = self.client
         self.client.other = upstream
         self.client.out = upstream.transport
-        upstream.out = self.client.transport
+        upstream.out = self.client.sender
         if self.recovery is not None:
             upstream.pong_listener = self.recovery.confirmations
 
@@ -217,6 +219,9 @@ class Session:
             down.fragmented_messages + retired.fragmented_messages,
         )
 
+    def compression(self) -> tuple[int, int, int, int, int, int]:
+        """permessage-deflate counts for the collector (:func:`gateway.core.deflate.compression_counts`)."""
+        return compression_counts(self.client.inflater, self.client.sender)
     def discarded(self) -> tuple[int, int]:
         """Messages each way that arrived after the session began to close (not relayed)."""
         return self.client.scanner.discarded_messages, (
@@ -580,6 +585,7 @@ class Session:
                 outage_seconds=recovery.outage_total if recovery else 0.0,
                 lost_messages=recovery.lost_total if recovery else 0,
                 possible_duplicates=recovery.duplicates_total if recovery else 0,
+                compressed=client.inflater is not None,
             )
         )
         # Break the reference cycles (session <-> legs <-> scanners, the reopen closure, the

@@ -31,6 +31,7 @@ __all__ = [
     "build_header",
     "mask_payload",
     "parse_close_payload",
+    "read_header",
 ]
 
 MAX_CONTROL_PAYLOAD: Final = 125
@@ -55,6 +56,21 @@ PACK_16: Final = struct.Struct("!H")
 PACK_64: Final = struct.Struct("!Q")
 
 
+def read_header(data: bytes, pos: int, end: int) -> tuple[int, int] | None:
+    """``(header length, payload length)`` of the frame header at ``pos`` (RFC 6455 5.2), or None
+    when ``data[pos:end]`` ends inside it. Needs at least two bytes at ``pos``."""
+    b1 = data[pos + 1]
+    length = b1 & 0x7F
+    header_len = 2 + (2 if length == 126 else 8 if length == 127 else 0) + (4 if b1 & 0x80 else 0)
+    if end - pos < header_len:
+        return None
+    if length == 126:
+        length = PACK_16.unpack_from(data, pos + 2)[0]
+    elif length == 127:
+        length = PACK_64.unpack_from(data, pos + 2)[0]
+    return header_len, length
+
+
 def mask_payload(mask_key: bytes, payload: bytes) -> bytes:
     """Return ``payload`` masked (or unmasked) with ``mask_key`` (RFC 6455 5.3)."""
     data = bytearray(payload)
@@ -62,7 +78,7 @@ def mask_payload(mask_key: bytes, payload: bytes) -> bytes:
     return bytes(data)
 
 
-def build_header(fin: bool, opcode: int, length: int, mask_key: bytes | None) -> bytes:
+def build_header(fin: bool, opcode: int, length: int, mask_key: bytes | None, *, rsv1: bool = False) -> bytes:
     """Encode a frame header with the shortest length form (RFC 6455 5.2).
 
     Args:
@@ -70,8 +86,9 @@ def build_header(fin: bool, opcode: int, length: int, mask_key: bytes | None) ->
         opcode: the frame opcode.
         length: payload length in bytes.
         mask_key: four-byte masking key, or None for an unmasked frame.
+        rsv1: set RSV1 (the first frame of a permessage-deflate compressed message, RFC 7692).
     """
-    first = (0x80 if fin else 0x00) | opcode
+    first = (0x80 if fin else 0x00) | (0x40 if rsv1 else 0x00) | opcode
     mask_bit = 0x80 if mask_key is not None else 0x00
     if length < 126:
         header = bytes((first, mask_bit | length))

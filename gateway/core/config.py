@@ -32,7 +32,9 @@ from gateway.core.parsers import (
     close_codes,
     enum_choice,
     host_port,
+    int_between,
     non_negative_int,
+    non_negative_size,
     optional_duration,
     origins,
     parse_host_port,
@@ -48,6 +50,7 @@ from gateway.core.units import format_duration, format_size, parse_duration
 
 __all__ = [
     "ClientConfig",
+    "CompressionConfig",
     "ConfigError",
     "DrainConfig",
     "GatewayConfig",
@@ -102,6 +105,26 @@ class LegConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CompressionConfig:
+    """permessage-deflate (RFC 7692) on the client leg, terminated at the gateway (docs/design.md):
+    the client's messages are inflated before they go upstream, the app's are deflated towards the
+    client; the loopback leg to the app stays uncompressed."""
+
+    enabled: bool
+    """Accept a client's permessage-deflate offer (false: every offer is declined)."""
+    server_max_window_bits: int
+    """Window (log2 bytes) of the gateway's compressor; asked of the client in the response."""
+    client_max_window_bits: int
+    """Window asked of a client whose offer allows it (``client_max_window_bits``): the
+    gateway's decompressor holds 2**bits bytes."""
+    mem_level: int
+    """zlib memLevel of the compressor (1-9): its hash tables take 2**(mem_level + 9) bytes."""
+    min_size: int
+    """The app's messages smaller than this go to the client uncompressed (RFC 7692 allows it
+    message by message); 0 compresses every message."""
+
+
+@dataclass(frozen=True, slots=True)
 class ClientConfig(LegConfig):
     """The client leg: browsers and other clients reaching the traffic port."""
 
@@ -120,6 +143,8 @@ class ClientConfig(LegConfig):
     """Sessions one client address (trusted-proxy aware) may hold; 0: no limit. Over it: 429."""
     refusal: RefusalMode
     """How an upstream handshake refusal reaches the client."""
+    compression: CompressionConfig
+    """permessage-deflate with clients that offer it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +262,15 @@ SCHEMA: Final[dict[str, Any]] = {
         "slow_consumer_timeout": ("30s", positive_duration),
         "close_timeout": ("5s", positive_duration),
         "refusal": ("status", enum_choice(RefusalMode)),
+        "compression": {
+            # Off until issue 14's browser, Node and reconnect tests land; then on by default.
+            "enabled": (False, boolean),
+            # zlib cannot compress with an 8-bit window (raw deflate): 9 is the smallest.
+            "server_max_window_bits": (12, int_between(9, 15)),
+            "client_max_window_bits": (12, int_between(8, 15)),
+            "mem_level": (5, int_between(1, 9)),
+            "min_size": (0, non_negative_size),
+        },
     },
     "upstream": {
         "url": ("ws://127.0.0.1:8000", ws_urls),
@@ -439,7 +473,8 @@ def load_config(
         admin_listen=values["admin_listen"],
         log_level=values["log_level"],
         max_sessions=values["max_sessions"],
-        client=ClientConfig(**values["client"]),
+        client=ClientConfig(**{**values["client"],
+                                 "compression": CompressionConfig(**values["client"]["compression"])}),
         upstream=UpstreamConfig(**values["upstream"]),
         proxy=ProxyConfig(**values["proxy"]),
         drain=DrainConfig(**values["drain"]),

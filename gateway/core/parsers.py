@@ -25,7 +25,9 @@ __all__ = [
     "close_codes",
     "enum_choice",
     "host_port",
+    "int_between",
     "non_negative_int",
+    "non_negative_size",
     "optional_duration",
     "origins",
     "parse_host_port",
@@ -56,6 +58,10 @@ def positive_size(value: object) -> int:
     return size
 
 
+def non_negative_size(value: object) -> int:
+    return parse_size(value)
+
+
 def non_negative_int(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError("expected a whole number, 0 or more")
@@ -66,6 +72,17 @@ def positive_int(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError("expected a whole number greater than 0")
     return value
+
+
+def int_between(low: int, high: int) -> Parser:
+    """A whole number from ``low`` to ``high`` inclusive."""
+
+    def parse(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"expected a whole number from {low} to {high}")
+        return value
+
+    return parse
 
 
 def boolean(value: object) -> bool:

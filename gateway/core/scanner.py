@@ -37,35 +37,18 @@ from gateway.core.closecodes import CloseCode
 from gateway.core.codec import (
     CONTROL_OPCODES,
     MAX_CONTROL_PAYLOAD,
-    PACK_16,
-    PACK_64,
     Opcode,
     ProtocolViolation,
     build_header,
     mask_payload,
     parse_close_payload,
+    read_header,
 )
 
 __all__ = ["FrameScanner", "ScanMode", "ScannerSink"]
 
 _SMALL_FRAME: Final = 125
 """Frames up to this payload size that a read cuts are held whole rather than re-headed."""
-
-
-def _read_header(data: bytes, pos: int, end: int) -> tuple[int, int] | None:
-    """``(header length, payload length)`` of the frame header at ``pos`` (RFC 6455 5.2), or None
-    when the read ends inside it. The fast path in :meth:`FrameScanner.feed` does its own, for
-    small frames only."""
-    b1 = data[pos + 1]
-    length = b1 & 0x7F
-    header_len = 2 + (2 if length == 126 else 8 if length == 127 else 0) + (4 if b1 & 0x80 else 0)
-    if end - pos < header_len:
-        return None
-    if length == 126:
-        length = PACK_16.unpack_from(data, pos + 2)[0]
-    elif length == 127:
-        length = PACK_64.unpack_from(data, pos + 2)[0]
-    return header_len, length
 
 
 class ScanMode(enum.IntEnum):
@@ -136,6 +119,9 @@ class FrameScanner:
             ones are refused with 1009 before any byte of them is forwarded.
         max_frame_size: largest frame written to the destination; larger data
             frames are re-emitted as fragments of at most this size.
+        compressed: permessage-deflate was negotiated with this peer (RFC 7692): RSV1 is allowed
+            on the first frame of a data message (and kept when the frame is re-headed), never on
+            a continuation or control frame. The sink inflates; the scanner only walks frames.
     """
 
     __slots__ = (
@@ -152,6 +138,7 @@ class FrameScanner:
         "_message_split",
         "_mode",
         "_remaining",
+        "_rsv1_allowed",
         "_sink",
         "_sized_message",
         "_skip_fin",
@@ -161,6 +148,7 @@ class FrameScanner:
         "_split_key",
         "_split_offset",
         "_split_opcode",
+        "_split_rsv1",
         "_tail",
         "discarded_messages",
         "fragmented_messages",
@@ -175,8 +163,10 @@ class FrameScanner:
         expect_masked: bool,
         max_message_size: int,
         max_frame_size: int,
+        compressed: bool = False,
     ) -> None:
         self._sink = sink
+        self._rsv1_allowed = compressed
         self._expect_masked = expect_masked
         self._max_message = max_message_size
         self._max_frame = max_frame_size
@@ -196,6 +186,7 @@ class FrameScanner:
         self._split = False
         self._split_fin = False
         self._split_opcode = 0
+        self._split_rsv1 = False
         self._split_key: bytes | None = None
         self._split_offset = 0
         self._skip_fin = False
@@ -339,7 +330,7 @@ class FrameScanner:
         Returns:
             ``(pos, span)`` after it; ``pos`` is -1 when its header is not all in this read (kept).
         """
-        header = _read_header(data, pos, end)
+        header = read_header(data, pos, end)
         if header is None:
             self._tail = data[pos:]
             return -1, span
@@ -395,6 +386,7 @@ class FrameScanner:
         self._split = True
         self._split_fin = fin
         self._split_opcode = opcode
+        self._split_rsv1 = bool(b0 & 0x40)
         self._split_key = data[pos + header_len - 4 : pos + header_len] if b1 & 0x80 else None
         self._split_offset = 0
         self._remaining = length
@@ -415,7 +407,9 @@ class FrameScanner:
             if length < 0x10000:
                 return ProtocolViolation(CloseCode.PROTOCOL_ERROR, "non-minimal 64-bit length")
         if b0 & 0x70:
-            return ProtocolViolation(CloseCode.PROTOCOL_ERROR, "reserved bits set without an extension")
+            problem = self._check_reserved_bits(b0)
+            if problem is not None:
+                return problem
         if bool(b1 & 0x80) != self._expect_masked:
             return ProtocolViolation(
                 CloseCode.PROTOCOL_ERROR,
@@ -440,6 +434,26 @@ class FrameScanner:
             return ProtocolViolation(CloseCode.PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
         return None
 
+    def _check_reserved_bits(self, b0: int) -> ProtocolViolation | None:
+        """RSV1 marks a compressed message's first frame when permessage-deflate was negotiated
+        (RFC 7692 section 6); every other reserved bit, and RSV1 anywhere else, is an error."""
+        if b0 & 0x70 != 0x40 or not self._rsv1_allowed:
+            return ProtocolViolation(CloseCode.PROTOCOL_ERROR, "reserved bits set without an extension")
+        opcode = b0 & 0x0F
+        if opcode >= 0x8:
+            return ProtocolViolation(CloseCode.PROTOCOL_ERROR, "RSV1 set on a control frame")
+        if opcode == Opcode.CONTINUATION:
+            return ProtocolViolation(CloseCode.PROTOCOL_ERROR, "RSV1 set on a continuation frame")
+        return None
+
+    def refuse(self, code: int, reason: str) -> None:
+        """The sink found the data it was handed unacceptable (a compressed message that does not
+        inflate, or inflates past the limit): stop relaying this peer's data and report it once,
+        as a violation the peer is told of; control frames are still read for its close."""
+        if self._mode is ScanMode.RELAY:
+            self.discard_data()
+            self._sink.on_violation(code, reason, False)
+
     def _feed_split(self, data: bytes, pos: int, end: int) -> int:
         """Forward the payload bytes of a re-headed frame that are in this read, as whole fragments."""
         take = end - pos
@@ -454,8 +468,10 @@ class FrameScanner:
                 shift = self._split_offset & 3
                 if shift:
                     key = key[shift:] + key[:shift]
-            opcode = self._split_opcode if self._split_offset == 0 else Opcode.CONTINUATION
-            header = build_header(not self._remaining and self._split_fin, opcode, piece, key)
+            first = self._split_offset == 0
+            opcode = self._split_opcode if first else Opcode.CONTINUATION
+            header = build_header(not self._remaining and self._split_fin, opcode, piece, key,
+                                  rsv1=first and self._split_rsv1)
             self._split_offset += piece
             sink.forward_frame(header, data if pos == 0 and piece == end else data[pos : pos + piece])
             pos += piece
@@ -527,7 +543,7 @@ class FrameScanner:
             if end - pos < 2:
                 self._tail = data[pos:]
                 return
-            header = _read_header(data, pos, end)
+            header = read_header(data, pos, end)
             if header is None:
                 self._tail = data[pos:]
                 return

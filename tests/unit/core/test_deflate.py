@@ -1,0 +1,206 @@
+"""permessage-deflate on the client leg: negotiation (RFC 7692 7.1) and the inflater/deflater pair,
+checked against zlib used directly (the reference a client would use)."""
+
+from __future__ import annotations
+
+import os
+import zlib
+
+import pytest
+
+from gateway.core.closecodes import CloseCode
+from gateway.core.codec import Opcode
+from gateway.core.compression import ExtensionHeaderError, negotiate, parse_extensions
+from gateway.core.config import CompressionConfig
+from gateway.core.deflate import Deflater, Inflater
+from gateway.core.scanner import FrameScanner
+from tests.fakes import parse_frames
+from tests.support import client_frame
+from tests.unit.core.test_scanner import RecordingSink
+
+ON = CompressionConfig(enabled=True, server_max_window_bits=12, client_max_window_bits=12, mem_level=5, min_size=0)
+
+
+def test_parse_extensions_reads_lists_params_and_quoted_values() -> None:
+    assert parse_extensions('permessage-deflate; client_max_window_bits, x-foo;a="1\\2", ,bar') == [
+        ("permessage-deflate", (("client_max_window_bits", None),)), ("x-foo", (("a", "12"),)), ("bar", ())]
+    with pytest.raises(ExtensionHeaderError):
+        parse_extensions("permessage-deflate; =1")
+
+
+@pytest.mark.parametrize(("offer", "response"), [
+    ("permessage-deflate; client_max_window_bits", "permessage-deflate; server_max_window_bits=12; "
+                                                   "client_max_window_bits=12"),
+    ("permessage-deflate", "permessage-deflate; server_max_window_bits=12"),
+    ("permessage-deflate; server_max_window_bits=10; client_max_window_bits=9",
+     "permessage-deflate; server_max_window_bits=10; client_max_window_bits=9"),
+    ("permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+     "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=12"),
+    # a bad first offer is declined and the next one taken (RFC 7692 5)
+    ("permessage-deflate; server_max_window_bits=16, permessage-deflate",
+     "permessage-deflate; server_max_window_bits=12"),
+])
+def test_negotiation_answers_within_the_configuration(offer: str, response: str) -> None:
+    agreement = negotiate(offer, ON)
+    assert agreement is not None and agreement.response == response
+
+
+@pytest.mark.parametrize("offer", ["x-webkit-deflate-frame", "permessage-deflate; foo",
+                                   "permessage-deflate; server_max_window_bits",
+                                   "permessage-deflate; server_max_window_bits=012",
+                                   "permessage-deflate; client_no_context_takeover=1",
+                                   "permessage-deflate; server_no_context_takeover; server_no_context_takeover"])
+def test_unacceptable_offers_are_declined(offer: str) -> None:
+    assert negotiate(offer, ON) is None
+
+
+def test_compression_off_declines_without_reading_the_header() -> None:
+    off = CompressionConfig(False, 12, 12, 5, 0)
+    assert negotiate("permessage-deflate", off) is None
+    assert negotiate("permessage-deflate; =broken", off) is None
+
+
+def test_window_8_is_agreed_but_the_gateway_then_sends_uncompressed() -> None:
+    agreement = negotiate("permessage-deflate; server_max_window_bits=8", ON)
+    assert agreement is not None and not agreement.compresses
+    writer = _Writer()
+    Deflater(writer, agreement, 1 << 20).write(b"\x81\x05hello")
+    assert writer.data == b"\x81\x05hello"
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.writes)
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def writelines(self, parts: object) -> None:
+        self.writes.append(b"".join(parts))  # type: ignore[call-overload]
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+def _client_compressed(messages: list[bytes], *, fragment: int = 0) -> bytes:
+    """What a client with context takeover sends: raw deflate, sync flush, tail removed, RSV1 first."""
+    encoder = zlib.compressobj(6, zlib.DEFLATED, -12, 8)
+    out = b""
+    for message in messages:
+        data = (encoder.compress(message) + encoder.flush(zlib.Z_SYNC_FLUSH))[:-4]
+        if not fragment:
+            out += client_frame(Opcode.BINARY, data, rsv=4)
+            continue
+        pieces = [data[i:i + fragment] for i in range(0, len(data), fragment)] or [b""]
+        for index, piece in enumerate(pieces):
+            out += client_frame(Opcode.BINARY if index == 0 else Opcode.CONTINUATION, piece,
+                                fin=index == len(pieces) - 1, rsv=4 if index == 0 else 0)
+    return out
+
+
+def _inflating(max_message: int = 1 << 20, max_frame: int = 1 << 20) -> tuple[FrameScanner, RecordingSink]:
+    agreement = negotiate("permessage-deflate; client_max_window_bits", ON)
+    assert agreement is not None
+    sink = RecordingSink()
+    inflater = Inflater(sink, agreement, max_message, max_frame)
+    scanner = FrameScanner(inflater, expect_masked=True, max_message_size=max_message, max_frame_size=1 << 20,
+                           compressed=True)
+    inflater.scanner = scanner
+    return scanner, sink
+
+
+def _messages(data: bytes) -> list[bytes]:
+    messages, parts = [], []
+    for fin, _opcode, payload in parse_frames(data):
+        parts.append(payload)
+        if fin:
+            messages.append(b"".join(parts))
+            parts = []
+    return messages
+
+
+@pytest.mark.parametrize(("step", "fragment"), [(1 << 20, 0), (7, 0), (1 << 20, 5), (3, 11)])
+def test_inflater_delivers_plain_masked_frames_for_any_reads(step: int, fragment: int) -> None:
+    """Compressed messages, whole or fragmented, in reads of any size: the app gets them plain."""
+    messages = [b"hello " * 40, os.urandom(300), b"", b'{"a": 1}' * 50]
+    stream = _client_compressed(messages, fragment=fragment) + client_frame(Opcode.TEXT, b"plain")
+    scanner, sink = _inflating()
+    for i in range(0, len(stream), step):
+        scanner.feed(stream[i:i + step])
+    assert not sink.violations
+    assert all(frame[0] == frame[0] & 0x8F for frame in sink.writes), "no RSV1 reaches the app"
+    assert _messages(sink.out) == [*messages, b"plain"]
+
+
+def test_a_bomb_is_refused_with_1009_before_it_is_inflated_past_the_limit() -> None:
+    scanner, sink = _inflating(max_message=100_000, max_frame=4096)
+    scanner.feed(_client_compressed([b"\0" * 10_000_000]))
+    assert sink.violations and sink.violations[0][0] == CloseCode.MESSAGE_TOO_BIG
+    assert len(sink.out) < 110_000 and all(len(w) <= 2 * 4096 + 30 for w in sink.writes)
+
+
+def test_data_that_does_not_inflate_is_refused_with_1007() -> None:
+    scanner, sink = _inflating()
+    scanner.feed(client_frame(Opcode.TEXT, b"\xff\xff\xff\xff", rsv=4))
+    assert sink.violations[0][0] == CloseCode.INVALID_DATA
+
+
+@pytest.mark.parametrize("rsv", [2, 1])
+def test_other_reserved_bits_and_rsv1_on_continuations_stay_errors(rsv: int) -> None:
+    scanner, sink = _inflating()
+    scanner.feed(client_frame(Opcode.TEXT, b"x", rsv=rsv))
+    assert sink.violations[0][:2] == (CloseCode.PROTOCOL_ERROR, "reserved bits set without an extension")
+    scanner, sink = _inflating()
+    scanner.feed(client_frame(Opcode.TEXT, b"x", fin=False) + client_frame(Opcode.CONTINUATION, b"y", rsv=4))
+    assert sink.violations[0][1] == "RSV1 set on a continuation frame"
+
+
+@pytest.mark.parametrize("takeover", [True, False])
+def test_deflater_output_inflates_with_zlib_rsv1_on_first_frames_only(takeover: bool) -> None:
+    offer = "permessage-deflate" + ("" if takeover else "; server_no_context_takeover")
+    agreement = negotiate(offer, ON)
+    assert agreement is not None
+    writer = _Writer()
+    deflater = Deflater(writer, agreement, 64)
+    messages = [b"chat message %d " % i * 20 for i in range(5)]
+    for message in messages:
+        deflater.write(b"\x82" + bytes([126]) + len(message).to_bytes(2, "big") + message)
+    deflater.writelines((b"\x02\x03", b"abc"))  # a fragmented app message (re-headed by the scanner)
+    deflater.writelines((b"\x80\x03", b"def"))
+    decoder = zlib.decompressobj(-12)
+    out, parts = [], []
+    for raw_b0, (fin, opcode, payload) in zip(_first_bytes(writer.data), parse_frames(writer.data), strict=True):
+        assert len(payload) <= 64
+        assert bool(raw_b0 & 0x40) == (opcode != 0), "RSV1 exactly on a message's first frame"
+        parts.append(payload)
+        if fin:
+            out.append(decoder.decompress(b"".join(parts) + b"\x00\x00\xff\xff"))
+            parts = []
+            if not takeover:
+                decoder = zlib.decompressobj(-12)  # each message stands alone
+    assert out == [*messages, b"abcdef"]
+    assert deflater.messages == 6 and deflater.compressed_bytes < deflater.plain_bytes
+
+
+def _first_bytes(data: bytes) -> list[int]:
+    firsts, pos = [], 0
+    while pos < len(data):
+        firsts.append(data[pos])
+        length = data[pos + 1] & 0x7F
+        pos += 2 + (2 if length == 126 else 8 if length == 127 else 0)
+        length = length if length < 126 else int.from_bytes(data[pos - (2 if length == 126 else 8):pos], "big")
+        pos += length
+    return firsts
+
+
+def test_min_size_sends_small_single_frame_messages_uncompressed() -> None:
+    agreement = negotiate("permessage-deflate", CompressionConfig(True, 12, 12, 5, 10))
+    assert agreement is not None
+    writer = _Writer()
+    deflater = Deflater(writer, agreement, 1 << 20)
+    deflater.write(b"\x81\x05small")
+    assert writer.data == b"\x81\x05small" and deflater.messages == 0
