@@ -11,10 +11,11 @@ Two adapters around the frame relay, installed only on sessions that agreed comp
 * :class:`Deflater` sits in front of the client's transport: the app's messages are deflated,
   frame by frame, with context takeover unless the client asked otherwise.
 
-Limits (docs/compression.md): a client message may not inflate past the destination's
-``max_message_size`` (1009, counted as a message too big), and inflation produces at most one
-``max_frame_size`` frame at a time, so a decompression bomb costs at most that limit. Data that
-does not inflate ends the session with 1007. Both write whole frames, so every write still ends
+Limits (docs/design.md): a client message may not inflate past the destination's
+``max_message_size`` (1009, counted as a message too big): zlib is asked for no more than the rest
+of that budget, in pieces of at most ``max_frame_size`` (one frame each), so a decompression bomb
+costs at most ``max_message_size`` of inflated frames (what one read inflates is written at once).
+Data that does not inflate ends the session with 1007. Both write whole frames, so every write still ends
 on a frame boundary. Pure: no sockets, no event loop.
 """
 
