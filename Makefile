@@ -3,6 +3,8 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Node.js clients the tests drive (tests/node: the `ws` package, pinned by its package-lock.json).
+NODE_STAMP := tests/node/node_modules/.installed
 
 .PHONY: demo test lint bench storm compression conformance dashboard dashboard-preview image system-deps clean fuzz
 
@@ -11,6 +13,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
+
+$(NODE_STAMP): tests/node/package.json tests/node/package-lock.json | system-deps
+	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
 
 system-deps:
 	./scripts/install-system-deps.sh
@@ -22,7 +28,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check gateway tests examples bench observability conformance fuzz
 	$(BIN)/mypy --strict gateway
 
-test: $(STAMP) system-deps lint
+test: $(STAMP) system-deps $(NODE_STAMP) lint
 	$(BIN)/python -m pytest -q
 
 dashboard: $(STAMP)
