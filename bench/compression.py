@@ -4,7 +4,7 @@ Issue 14 asks for permessage-deflate on the client leg, by passthrough (the clie
 negotiate, the gateway relays compressed frames) or by termination (the gateway compresses towards
 the client, the loopback leg stays plain). This script measures the two things that choice turns on:
 
-    python -m bench.compression            # full run (about half a minute)
+    python -m bench.compression            # full run (about two minutes)
     python -m bench.compression --quick    # seconds; checks that the script works, not the figures
 
 1. Wire bytes on the client leg for one chat-like stream: 300 JSON messages of about 250 bytes
@@ -34,6 +34,9 @@ the client, the loopback leg stays plain). This script measures the two things t
    ``no_context_takeover`` is a fresh context per message, as websockets does it (Python's zlib
    has no deflateReset(), so its CPU figure includes creating and freeing the objects; in exchange
    nothing need stay allocated between messages).
+
+3. CPU per message at the relay and at the app, for sessions that negotiate compression and for
+   sessions that do not, on the same three paths (bench/compression_cpu.py says how).
 
 Figures from a shared 2-core machine vary between runs: the byte counts are exact and repeat,
 the CPU figures do not (compare them with each other, not across machines).
@@ -603,7 +606,7 @@ def zlib_report(results: list[ZlibResult], settings: Settings, stream: list[byte
     return "\n".join(lines)
 
 
-# --- part 3: how measured ----------------------------------------------------------------------
+# --- how measured ----------------------------------------------------------------------
 
 
 def versions() -> dict[str, str]:
@@ -659,22 +662,29 @@ def main(argv: list[str] | None = None) -> int:
     messages = chat_messages(STREAM_MESSAGES)
     print(header(args.quick, messages), flush=True)
 
+    from bench.compression_cpu import CPU_FULL, CPU_QUICK, cpu_paths, cpu_report, measure_cpu
+
+    cpu_settings = CPU_QUICK if args.quick else CPU_FULL
+    cpu_messages = chat_messages(cpu_settings.messages, seed=SEED + 2)
     servers: list[Server] = []
     with tempfile.TemporaryDirectory(prefix="ws-gateway-compression-") as workdir:
         try:
             rows = start_paths(servers, Path(workdir))
             asyncio.run(measure_paths(rows, messages))
+            paths = cpu_paths(servers, {"direct": rows[0].port, "nginx": rows[1].port, "gateway": rows[2].port})
+            asyncio.run(measure_cpu(paths, cpu_settings, cpu_messages))
         finally:
             for server in reversed(servers):
                 server.stop()
     print(wire_report(rows, messages), flush=True)
     print(termination_report(rows, messages), flush=True)
+    print(cpu_report(paths, cpu_settings, cpu_messages), flush=True)
 
     stream = [m.encode() for m in messages]
     timing = [m.encode() for m in chat_messages(settings.timing_messages, seed=SEED + 1)]
     results = measure_zlib(settings, stream, timing)
     print(zlib_report(results, settings, stream, timing), flush=True)
-    return 1 if any(row.failed for row in rows) else 0
+    return 1 if any(row.failed for row in rows) or any(path.error for path in paths) else 0
 
 
 if __name__ == "__main__":

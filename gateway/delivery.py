@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Final
 
 from gateway.core.delivery import Ledger, Mark
-from gateway.core.scanner import FrameScanner
+from gateway.core.scanner import MessagePositions
 
 __all__ = ["Confirmations"]
 
@@ -33,7 +33,7 @@ class Confirmations:
 
     Args:
         ledger: the confirmed position (and kept bytes, at_least_once).
-        scanner: the client leg's scanner (its message counts are the stream's positions).
+        scanner: the client leg's message positions (``Leg.positions``: the scanner, or the inflater).
         interval: least seconds between two confirmation pings.
         send_ping: writes a ping with this payload on the session's current upstream leg.
         listen: makes the client leg call :meth:`wrote` on every write (``self``) or not (None).
@@ -44,7 +44,7 @@ class Confirmations:
     __slots__ = ("_counter", "_handle", "_interval", "_listen", "_outstanding", "_payload", "_scanner",
                  "_send_ping", "ledger")
 
-    def __init__(self, ledger: Ledger, scanner: FrameScanner, interval: float,
+    def __init__(self, ledger: Ledger, scanner: MessagePositions, interval: float,
                  send_ping: Callable[[bytes], None], listen: Callable[[Confirmations | None], None]) -> None:
         self.ledger = ledger
         self._scanner = scanner

@@ -27,8 +27,9 @@ from gateway.core.closing import Close, ClosingHandshake, LegState, Role
 from gateway.core.codec import Opcode, build_frame
 from gateway.core.compression import DeflateAgreement
 from gateway.core.config import LegConfig
-from gateway.core.deflate import Deflater, Inflater
-from gateway.core.scanner import FrameScanner, ScannerSink
+from gateway.core.deflate import Deflater
+from gateway.core.inflate import Inflater
+from gateway.core.scanner import FrameScanner, MessagePositions, ScannerSink
 from gateway.delivery import Confirmations
 from gateway.flow import WriteFlow
 
@@ -153,6 +154,7 @@ class Leg:
         "other",
         "out",
         "pong_listener",
+        "positions",
         "reading_paused",
         "recent",
         "recent_too_large",
@@ -196,8 +198,12 @@ class Leg:
             max_frame_size=scanner_limits.max_frame_size,
             compressed=compression is not None,
         )
+        self.positions: MessagePositions = self.scanner
+        """Message positions of the stream as forwarded (the inflater's, where inflating may wait)."""
         if self.inflater is not None:
             self.inflater.scanner = self.scanner
+            self.inflater.paused = self._reading_is_paused
+            self.positions = self.inflater
         self.sender: DataOut = transport if compression is None else Deflater(transport, compression,
                                                                               config.max_frame_size)
         """Where the other leg writes data for this peer: the transport, or the deflater in front of it."""
@@ -232,7 +238,7 @@ class Leg:
         """Write whole data frames from this leg's peer to the other leg."""
         recent = self.recent
         # Nothing to do for the common case: no message in progress and nothing kept.
-        if recent is not None and (recent or self.recent_too_large or self.scanner.in_message):
+        if recent is not None and (recent or self.recent_too_large or self.positions.in_message):
             self._retain(data, b"")
         out = self.out
         # Read before writing: a write into the outage hold may resume the session (and re-attach
@@ -262,7 +268,7 @@ class Leg:
         can re-send it whole."""
         recent = self.recent
         assert recent is not None
-        if not self.scanner.in_message:
+        if not self.positions.in_message:
             recent.clear()
             self.recent_too_large = False
         elif not self.recent_too_large:
@@ -404,11 +410,31 @@ class Leg:
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        """Read this peer again."""
+        """Read this peer again (first inflating what waited, which may fill the other leg again)."""
         if self.reading_paused:
             self.reading_paused = False
-            if not self.closed:
-                self.transport.resume_reading()
+            if self.closed:
+                return
+            inflater = self.inflater
+            if inflater is not None and inflater.waiting:
+                inflater.resume()
+                if self.reading_paused:
+                    return
+            self.transport.resume_reading()
+
+    def _reading_is_paused(self) -> bool:
+        return self.reading_paused
+
+    def discard_data(self) -> None:
+        """The session is closing: this peer's data goes nowhere now (its control frames are still read)."""
+        self.scanner.discard_data()
+        if self.inflater is not None:
+            self.inflater.discard_data()
+
+    @property
+    def discarded_messages(self) -> int:
+        """Data messages from this peer not relayed because the session was closing."""
+        return self.scanner.discarded_messages + (self.inflater.discarded_messages if self.inflater else 0)
 
     def release(self) -> None:
         """The session is over: drop this leg's links to the session, the other leg and the scanner's
@@ -419,6 +445,8 @@ class Leg:
             self._close_deadline.cancel()
             self._close_deadline = None
         self.scanner.detach()
+        if self.inflater is not None:
+            self.inflater.release()
         self.listener = _DETACHED_LISTENER
         self.out = DROP
         self.delivery = self.pong_listener = None

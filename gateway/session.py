@@ -161,7 +161,7 @@ class Session:
         if recovery is not None:
             config = recovery.config
             ledger = Ledger(keep_bytes=config.delivery is DeliveryMode.AT_LEAST_ONCE, limit=config.buffer_bytes)
-            recovery.confirmations = Confirmations(ledger, self.client.scanner, config.confirm_interval,
+            recovery.confirmations = Confirmations(ledger, self.client.positions, config.confirm_interval,
                                                    self._send_confirmation, self._hear_writes)
             self.client.delivery = recovery.confirmations
             if not ledger.keeps_bytes:
@@ -224,7 +224,7 @@ class Session:
         return compression_counts(self.client.inflater, self.client.sender)
     def discarded(self) -> tuple[int, int]:
         """Messages each way that arrived after the session began to close (not relayed)."""
-        return self.client.scanner.discarded_messages, (
+        return self.client.discarded_messages, (
             self.upstream.scanner.discarded_messages + self.retired.discarded_messages
         )
 
@@ -334,8 +334,8 @@ class Session:
         self.cause = rule.cause_for(code)
         self._set_state(SessionState.CLOSING)
         # Neither peer's data goes anywhere now; both are still read, so their close replies are seen.
-        self.client.scanner.discard_data()
-        self.upstream.scanner.discard_data()
+        self.client.discard_data()
+        self.upstream.discard_data()
         event_leg = self.client if rule.leg is LegName.CLIENT else self.upstream
         for leg in (event_leg, event_leg.other):
             send = rule.send_on(leg.name)
@@ -358,7 +358,7 @@ class Session:
         unconfirmed = self._unconfirmed(recovery)
         verdict = self._judge(recovery, unconfirmed)
         if verdict.code:
-            named_complete = verdict.message <= self.client.scanner.complete_messages
+            named_complete = verdict.message <= self.client.positions.complete_messages
             self._count_lost(recovery, {"refused": 1,
                                         "unconfirmed": unconfirmed.messages - (1 if named_complete else 0)})
             logger.info("session %s: closing the client with %d: %s", self.session_id, verdict.code, verdict.reason)
@@ -402,7 +402,7 @@ class Session:
 
     def _judge(self, recovery: Recovery, unconfirmed: Unconfirmed) -> Verdict:
         """Is this loss a refusal or a poison message rather than an outage? (gateway.core.delivery)"""
-        scanner = self.client.scanner
+        scanner = self.client.positions
         assert recovery.confirmations is not None
         pending = unconfirmed.messages > 0 or not scanner.at_boundary
         loss = Loss(
@@ -422,7 +422,7 @@ class Session:
         None if the session was closed (kept messages overflowing under the ``close`` policy)."""
         client = self.client
         recovery.lost_in_outage = 0
-        buffer, lost, overflow = outage_buffer(recovery.config, unconfirmed, client.scanner.in_message,
+        buffer, lost, overflow = outage_buffer(recovery.config, unconfirmed, client.positions.in_message,
                                                client.recent, client.recent_too_large)
         self._count_lost(recovery, lost)
         if overflow:
@@ -439,7 +439,7 @@ class Session:
         confirmations = recovery.confirmations
         assert confirmations is not None
         confirmations.stop()
-        scanner = self.client.scanner
+        scanner = self.client.positions
         return confirmations.ledger.lost(scanner.complete_messages, scanner.in_message)
 
     def _count_lost(self, recovery: Recovery, lost: dict[str, int], overflowed: bool = False) -> None:
@@ -520,7 +520,7 @@ class Session:
         self.client.recent_too_large = False
         confirmations = recovery.confirmations
         assert confirmations is not None
-        confirmations.ledger.resent(replay, whole, self.client.scanner.complete_messages, replayed)
+        confirmations.ledger.resent(replay, whole, self.client.positions.complete_messages, replayed)
         self._set_state(SessionState.OPEN)
         protocol.attach(upstream.scanner.feed, upstream.transport_lost, connection.first_bytes)
         upstream.schedule_ping()

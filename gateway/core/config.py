@@ -263,8 +263,9 @@ SCHEMA: Final[dict[str, Any]] = {
         "close_timeout": ("5s", positive_duration),
         "refusal": ("status", enum_choice(RefusalMode)),
         "compression": {
-            # Off until issue 14's browser, Node and reconnect tests land; then on by default.
-            "enabled": (False, boolean),
+            # On: browsers offer permessage-deflate on every connection, and an app reached directly
+            # (or through NGINX) compresses; without it the gateway would multiply client-leg bytes.
+            "enabled": (True, boolean),
             # zlib cannot compress with an 8-bit window (raw deflate): 9 is the smallest.
             "server_max_window_bits": (12, int_between(9, 15)),
             "client_max_window_bits": (12, int_between(8, 15)),

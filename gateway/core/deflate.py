@@ -1,41 +1,24 @@
-"""permessage-deflate on the client leg (RFC 7692), terminated at the gateway.
+"""permessage-deflate on the client leg (RFC 7692), terminated at the gateway: the app's messages, deflated.
 
-Two adapters around the frame relay, installed only on sessions that agreed compression
-(:mod:`gateway.core.compression`); uncompressed sessions keep the plain data path:
-
-* :class:`Inflater` sits between the client leg's :class:`~gateway.core.scanner.FrameScanner`
-  and the leg: compressed client messages (RSV1 on the first frame) are inflated and re-framed,
-  masked, towards the app; uncompressed ones pass through untouched. Everything after it (the
-  replay hold, the delivery ledger) sees only plain frames, so replay to a new upstream works as
-  for an uncompressed session.
-* :class:`Deflater` sits in front of the client's transport: the app's messages are deflated,
-  frame by frame, with context takeover unless the client asked otherwise.
-
-Limits (docs/design.md): a client message may not inflate past the destination's
-``max_message_size`` (1009, counted as a message too big): zlib is asked for no more than the rest
-of that budget, in pieces of at most ``max_frame_size`` (one frame each), so a decompression bomb
-costs at most ``max_message_size`` of inflated frames (what one read inflates is written at once).
-Data that does not inflate ends the session with 1007. Both write whole frames, so every write still ends
-on a frame boundary. Pure: no sockets, no event loop.
+:class:`Deflater` sits in front of the client's transport on sessions that agreed compression
+(:mod:`gateway.core.compression`): the app's messages are deflated, frame by frame, with context
+takeover unless the client asked otherwise. Its counterpart for the client's messages is
+:class:`gateway.core.inflate.Inflater`. It writes whole frames, so every write still ends on a
+frame boundary. Pure: no sockets, no event loop.
 """
 
 from __future__ import annotations
 
-import os
 import zlib
 from collections.abc import Iterable
 from typing import Final, Protocol
 
-from gateway.core.closecodes import CloseCode
-from gateway.core.codec import build_header, mask_payload, read_header
+from gateway.core.codec import build_header, read_header
 from gateway.core.compression import DeflateAgreement
-from gateway.core.scanner import FrameScanner, ScannerSink
+from gateway.core.inflate import Inflater
 
-__all__ = ["Deflater", "FrameWriter", "Inflater", "compression_counts"]
+__all__ = ["Deflater", "FrameWriter", "compression_counts"]
 
-_TAIL: Final = b"\x00\x00\xff\xff"
-"""The end of a sync flush: removed from each compressed message, added back before inflating
-(RFC 7692 section 7.2.1 and 7.2.2)."""
 _LEVEL: Final = 6
 """zlib's default compression level (what uvicorn's websockets uses)."""
 
@@ -51,153 +34,6 @@ class FrameWriter(Protocol):
 
     def get_write_buffer_size(self) -> int:
         """Bytes buffered and not yet sent."""
-
-
-class Inflater:
-    """The client leg scanner's sink when compression was agreed: inflates compressed messages.
-
-    Args:
-        inner: the leg, which gets plain frames.
-        agreement: what was negotiated.
-        max_message_size: largest inflated message (the app's limit, ``upstream.max_message_size``).
-        max_frame_size: largest frame written to the app (``upstream.max_frame_size``).
-    """
-
-    __slots__ = ("_decoder", "_inflating", "_max_frame", "_max_message", "_opcode", "_opened", "_reset",
-                 "_size", "_wbits", "compressed_bytes", "inflated_bytes", "inner", "messages", "scanner")
-
-    def __init__(self, inner: ScannerSink, agreement: DeflateAgreement, max_message_size: int,
-                 max_frame_size: int) -> None:
-        self.inner = inner
-        self.scanner: FrameScanner | None = None
-        """Set by the leg once its scanner exists: told when a message must be refused."""
-        self._wbits = -max(agreement.client_max_window_bits, 9)  # zlib inflates an 8-bit window as 9
-        self._reset = agreement.client_no_context_takeover
-        self._max_message = max_message_size
-        self._max_frame = max_frame_size
-        self._decoder: zlib._Decompress | None = None
-        """Created at the first compressed message: idle sessions hold no zlib state."""
-        self._inflating = False
-        self._opened = False
-        self._opcode = 0
-        self._size = 0
-        self.messages = 0
-        """Compressed messages inflated."""
-        self.compressed_bytes = 0
-        """Their payload bytes as the client sent them."""
-        self.inflated_bytes = 0
-        """Their payload bytes after inflating."""
-
-    # --- data: inflate what is compressed, pass on the rest -------------------------------
-    def forward(self, data: bytes) -> None:
-        """Whole frames from the client (valid, masked): compressed ones are replaced by their inflation."""
-        parts: list[bytes] | None = None
-        pos = plain = 0
-        end = len(data)
-        while pos < end:
-            b0 = data[pos]
-            header = read_header(data, pos, end)
-            assert header is not None  # the scanner hands on whole frames only
-            header_len, length = header
-            frame_end = pos + header_len + length
-            if b0 & 0x40 or (self._inflating and not b0 & 0x0F):
-                if parts is None:
-                    parts = []
-                if plain < pos:
-                    parts.append(data[plain:pos])
-                key = data[pos + header_len - 4 : pos + header_len]
-                if not self._inflate(b0, key, data[pos + header_len : frame_end], parts):
-                    return
-                plain = frame_end
-            pos = frame_end
-        if parts is None:
-            self.inner.forward(data)
-            return
-        if plain < end:
-            parts.append(data[plain:])
-        if parts:
-            self.inner.forward(b"".join(parts))
-
-    def forward_frame(self, header: bytes, payload: bytes) -> None:
-        """One re-headed fragment of a client frame (RSV1 kept on a first fragment)."""
-        b0 = header[0]
-        if not (b0 & 0x40 or (self._inflating and not b0 & 0x0F)):
-            self.inner.forward_frame(header, payload)
-            return
-        parts: list[bytes] = []
-        if self._inflate(b0, header[-4:], payload, parts) and parts:
-            self.inner.forward(b"".join(parts))
-
-    def _inflate(self, b0: int, key: bytes, payload: bytes, parts: list[bytes]) -> bool:
-        """Inflate one frame of a compressed message into masked plain frames appended to ``parts``;
-        False when the message was refused (the scanner then discards the client's data)."""
-        fin = bool(b0 & 0x80)
-        if b0 & 0x40:
-            self._inflating = True
-            self._opened = False
-            self._opcode = b0 & 0x0F
-            self._size = 0
-        decoder = self._decoder
-        if decoder is None:
-            decoder = self._decoder = zlib.decompressobj(wbits=self._wbits)
-        data = mask_payload(key, payload) if payload else b""
-        self.compressed_bytes += len(payload)
-        if fin:
-            data += _TAIL
-        try:
-            while True:
-                budget = self._max_message - self._size + 1
-                limit = budget if budget < self._max_frame else self._max_frame
-                out = decoder.decompress(data, limit)
-                data = decoder.unconsumed_tail
-                self._size += len(out)
-                if self._size > self._max_message:
-                    return self._refuse(CloseCode.MESSAGE_TOO_BIG,
-                                        f"compressed message inflates past the limit of {self._max_message} bytes")
-                more = bool(data) or len(out) == limit
-                last = fin and not more
-                if out or last:
-                    opcode = 0 if self._opened else self._opcode
-                    self._opened = True
-                    mask = os.urandom(4)
-                    parts.append(build_header(last, opcode, len(out), mask))
-                    parts.append(mask_payload(mask, out))
-                if not more:
-                    break
-        except zlib.error as exc:
-            return self._refuse(CloseCode.INVALID_DATA, f"compressed message does not inflate ({exc})")
-        if decoder.eof:
-            # The client ended its deflate stream (BFINAL): the next message starts a new one.
-            self._decoder = None
-            if decoder.unused_data not in (b"", _TAIL):
-                return self._refuse(CloseCode.INVALID_DATA, "compressed data after the final deflate block")
-        if fin:
-            self._inflating = False
-            self.messages += 1
-            self.inflated_bytes += self._size
-            if self._reset:
-                self._decoder = None  # client_no_context_takeover: nothing to keep between messages
-        return True
-
-    def _refuse(self, code: int, reason: str) -> bool:
-        self._inflating = False
-        self._decoder = None
-        if self.scanner is not None:
-            self.scanner.refuse(code, reason)
-        return False
-
-    # --- control frames and violations go to the leg as they are -------------------------
-    def on_ping(self, payload: bytes) -> None:
-        self.inner.on_ping(payload)
-
-    def on_pong(self, payload: bytes) -> None:
-        self.inner.on_pong(payload)
-
-    def on_close(self, code: int, reason: str) -> None:
-        self.inner.on_close(code, reason)
-
-    def on_violation(self, code: int, reason: str, final: bool) -> None:
-        self.inner.on_violation(code, reason, final)
 
 
 class Deflater:

@@ -45,7 +45,7 @@ from gateway.core.codec import (
     read_header,
 )
 
-__all__ = ["FrameScanner", "ScanMode", "ScannerSink"]
+__all__ = ["FrameScanner", "MessagePositions", "ScanMode", "ScannerSink"]
 
 _SMALL_FRAME: Final = 125
 """Frames up to this payload size that a read cuts are held whole rather than re-headed."""
@@ -79,6 +79,28 @@ class ScannerSink(Protocol):
 
     def on_violation(self, code: int, reason: str, final: bool) -> None:
         """The peer broke a rule; ``final`` when nothing more will be read from it."""
+
+
+class MessagePositions(Protocol):
+    """Where the stream forwarded to the destination stands, in messages: what retention, the
+    delivery ledger and the loss rules read. A :class:`FrameScanner` is one; so is the client
+    leg's inflater, whose output can lag behind what the scanner has read."""
+
+    @property
+    def complete_messages(self) -> int:
+        """Messages whose last byte has been handed on."""
+
+    @property
+    def in_message(self) -> bool:
+        """The destination has part of a message but not its end."""
+
+    @property
+    def at_boundary(self) -> bool:
+        """No message is in progress: every counted message has been handed on whole."""
+
+    @property
+    def last_message_size(self) -> int:
+        """Payload size of the message in progress, or of the last one."""
 
 
 class _DetachedSink:

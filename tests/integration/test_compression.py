@@ -99,6 +99,26 @@ async def test_app_sees_no_extension_header_and_clients_without_an_offer_run_pla
     assert await gw.metric("ws_gateway_compression_negotiations_total", result="not_offered") == 1
 
 
+async def test_on_by_default_and_declined_when_switched_off(
+    make_gateway: Callable[..., GatewayProcess], upstream: Upstream
+) -> None:
+    """A gateway with no compression settings agrees; with client.compression.enabled false it declines."""
+    for settings, agreed in (({}, AGREED), ({"client": {"compression": {"enabled": False}}}, None)):
+        gw = make_gateway(upstream.url, settings)
+        ws = await open_compressed(gw)
+        try:
+            assert ws.response is not None
+            assert ws.response.headers.get("Sec-WebSocket-Extensions") == agreed, settings
+            await ws.send(chat_text(1))
+            assert await recv(ws) == chat_text(1)
+        finally:
+            await ws.close()
+        result = "negotiated" if agreed else "declined"
+        assert await gw.metric("ws_gateway_compression_negotiations_total", result=result) == 1, settings
+        compressed = await gw.metric("ws_gateway_compressed_messages_total", direction="upstream_to_client")
+        assert compressed == (1 if agreed else 0), settings
+
+
 async def test_fragmented_compressed_message_from_the_client(
     make_gateway: Callable[..., GatewayProcess], upstream: Upstream
 ) -> None:
@@ -120,9 +140,9 @@ async def test_fragmented_compressed_message_from_the_client(
 # --- the wire, read raw ------------------------------------------------------------------------
 
 
-async def read_raw_frame(client: RawClient) -> tuple[int, int, bytes]:
+async def read_raw_frame(client: RawClient, timeout: float = 10) -> tuple[int, int, bytes]:
     """(first header byte, opcode, payload) of the next frame: unlike RawClient.read_frame, keeps RSV1."""
-    async with asyncio.timeout(scaled(10)):
+    async with asyncio.timeout(scaled(timeout)):
         b0, b1 = await client.reader.readexactly(2)
         length = b1 & 0x7F
         if length == 126:
@@ -173,6 +193,37 @@ async def test_bad_compressed_data_closes_with_1007_and_other_sessions_continue(
         await bystander.close()
     await async_wait_until(lambda: any(line.get("client_code") == 1007 for line in gw.session_logs()), 10,
                            "the 1007 session's log line")
+
+
+async def test_messages_that_inflate_a_thousandfold_reach_the_app_whole_under_backpressure(
+    make_gateway: Callable[..., GatewayProcess], upstream: Upstream
+) -> None:
+    """Four clients at once each send 16 kB that inflates to just under 16 MiB: inflating waits for the
+    app to read (backpressure, gateway/core/inflate.py), and the app still gets every byte."""
+    from bench.deflate_bomb import compressed_frame
+
+    size = (16 << 20) - 1024
+    frame = compressed_frame(size)
+    gw = make_gateway(upstream.url, {"client": COMPRESSION})
+
+    async def one() -> str:
+        client = await RawClient.connect(gw.port, "/ws/big?size=1",
+                                         headers={"Sec-WebSocket-Extensions": "permessage-deflate"})
+        try:
+            client.send(frame)
+            inflate = zlib.decompressobj(-15)
+            answers = []
+            while len(answers) < 2:  # the app's greeting, then the size it received
+                b0, _, payload = await read_raw_frame(client, timeout=60)
+                answers.append(inflate.decompress(payload + b"\x00\x00\xff\xff") if b0 & 0x40 else payload)
+            return answers[1].decode()
+        finally:
+            client.close()
+
+    assert len(frame) < 20_000
+    assert await asyncio.gather(*(one() for _ in range(4))) == [str(size)] * 4
+    assert await gw.metric("ws_gateway_compressed_payload_bytes_total", direction="client_to_upstream",
+                           form="plain") == 4 * size
 
 
 # --- an upstream kill mid-stream --------------------------------------------------------------

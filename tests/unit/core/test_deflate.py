@@ -12,7 +12,8 @@ from gateway.core.closecodes import CloseCode
 from gateway.core.codec import Opcode
 from gateway.core.compression import ExtensionHeaderError, negotiate, parse_extensions
 from gateway.core.config import CompressionConfig
-from gateway.core.deflate import Deflater, Inflater
+from gateway.core.deflate import Deflater
+from gateway.core.inflate import FLUSH_BYTES, Inflater
 from gateway.core.scanner import FrameScanner
 from tests.fakes import parse_frames
 from tests.support import client_frame
@@ -103,14 +104,41 @@ def _client_compressed(messages: list[bytes], *, fragment: int = 0) -> bytes:
 
 
 def _inflating(max_message: int = 1 << 20, max_frame: int = 1 << 20) -> tuple[FrameScanner, RecordingSink]:
+    scanner, sink, _ = _inflater(max_message, max_frame)
+    return scanner, sink
+
+
+def _inflater(max_message: int = 1 << 20, max_frame: int = 1 << 20,
+              sink: RecordingSink | None = None) -> tuple[FrameScanner, RecordingSink, Inflater]:
     agreement = negotiate("permessage-deflate; client_max_window_bits", ON)
     assert agreement is not None
-    sink = RecordingSink()
+    sink = sink or RecordingSink()
     inflater = Inflater(sink, agreement, max_message, max_frame)
     scanner = FrameScanner(inflater, expect_masked=True, max_message_size=max_message, max_frame_size=1 << 20,
                            compressed=True)
     inflater.scanner = scanner
-    return scanner, sink
+    return scanner, sink, inflater
+
+
+class FullApp(RecordingSink):
+    """A leg whose app stops taking data once ``capacity`` bytes are buffered (backpressure)."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+        self.buffered = 0
+        self.peak = 0
+
+    def forward(self, data: bytes) -> None:
+        super().forward(data)
+        self.buffered += len(data)
+        self.peak = max(self.peak, self.buffered)
+
+    def paused(self) -> bool:
+        return self.buffered >= self.capacity
+
+    def drain(self) -> None:
+        self.buffered = 0
 
 
 def _messages(data: bytes) -> list[bytes]:
@@ -140,7 +168,55 @@ def test_a_bomb_is_refused_with_1009_before_it_is_inflated_past_the_limit() -> N
     scanner, sink = _inflating(max_message=100_000, max_frame=4096)
     scanner.feed(_client_compressed([b"\0" * 10_000_000]))
     assert sink.violations and sink.violations[0][0] == CloseCode.MESSAGE_TOO_BIG
-    assert len(sink.out) < 110_000 and all(len(w) <= 2 * 4096 + 30 for w in sink.writes)
+    # Handed on in writes of about FLUSH_BYTES (then backpressure is checked), never past the limit.
+    assert len(sink.out) < 110_000 and all(len(w) <= FLUSH_BYTES + 4096 + 30 for w in sink.writes)
+
+
+def test_positions_describe_the_inflated_stream() -> None:
+    """What the loss rules and the ledger read: sizes of the app's (inflated) messages, counts of what went on."""
+    scanner, _, inflater = _inflater(max_message=1 << 24)
+    scanner.feed(_client_compressed([b"a" * 200_000]))
+    assert scanner.last_message_size < 2000 and inflater.last_message_size == 200_000
+    assert inflater.complete_messages == 1 and inflater.at_boundary
+    scanner.feed(client_frame(Opcode.BINARY, b"b" * 300, fin=False))
+    assert inflater.last_message_size == 300 and inflater.in_message and inflater.complete_messages == 1
+
+
+def test_inflating_follows_backpressure_so_a_small_message_cannot_fill_memory() -> None:
+    """16 MiB of zeros from 16 kB on the wire: the inflater stops while the app's buffer is full and goes
+    on at resume(); what is handed on between two drains stays near the buffer's size; a plain frame and
+    the close that follow wait behind it, in order; the positions follow what was handed on."""
+    app = FullApp(capacity=1 << 20)
+    scanner, _, inflater = _inflater(max_message=1 << 24, sink=app)
+    inflater.paused = app.paused
+    inflated = b"\0" * ((1 << 24) - 100)
+    wire = _client_compressed([inflated]) + client_frame(Opcode.TEXT, b"after") + client_frame(
+        Opcode.CLOSE, b"\x03\xe8")
+    assert len(wire) < 20_000
+    scanner.feed(wire)
+    assert inflater.waiting and app.closes == [] and not inflater.at_boundary
+    assert app.peak < (1 << 20) + (1 << 20) + 100, app.peak  # capacity + one piece (max_frame)
+    rounds = 0
+    while inflater.waiting:
+        app.drain()
+        inflater.resume()
+        rounds += 1
+        assert app.peak < (1 << 21) + 100, app.peak
+    assert rounds >= 8
+    assert _messages(app.out) == [inflated, b"after"]
+    assert app.closes == [(1000, "")]
+    assert inflater.complete_messages == 2 and inflater.at_boundary and inflater.last_message_size == 5
+
+
+def test_data_waiting_when_the_session_closes_is_dropped_and_counted() -> None:
+    app = FullApp(capacity=1 << 16)
+    scanner, _, inflater = _inflater(max_message=1 << 24, sink=app)
+    inflater.paused = app.paused
+    scanner.feed(_client_compressed([b"\0" * (1 << 22)]) + client_frame(Opcode.TEXT, b"one")
+                 + client_frame(Opcode.TEXT, b"two"))
+    assert inflater.waiting
+    inflater.discard_data()
+    assert inflater.discarded_messages == 3 and not inflater.waiting
 
 
 def test_data_that_does_not_inflate_is_refused_with_1007() -> None:
