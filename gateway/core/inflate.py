@@ -241,7 +241,8 @@ class Inflater:
                 self._size += len(out)
                 if self._size > self._max_message:
                     return self._refuse(parts, CloseCode.MESSAGE_TOO_BIG,
-                                        f"compressed message inflates past the limit of {self._max_message} bytes")
+                                        f"message of at least {self._size} bytes is over the limit of "
+                                        f"{self._max_message} (inflated)")
                 more = bool(data) or len(out) == limit
                 last = fin and not more
                 if out or last:
