@@ -643,6 +643,8 @@ def header(quick: bool, messages: list[str]) -> str:
         "one message in flight; byte counts are exact and repeat run to run",
         "* part 2: zlib in this process (memory in one child process per setting); CPU times vary with "
         "the machine's load",
+        "* part 3: the same paths, websockets clients in this process, CPU of the relay's and uvicorn's "
+        "processes from /proc (bench/compression_cpu.py); ticks of 10 ms, so figures move by ~0.5 µs",
     ])
 
 
