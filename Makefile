@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(BIN)/python -m examples.demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check gateway tests examples bench observability conformance fuzz
+	$(BIN)/ruff check gateway tests examples bench observability conformance fuzz clients
 	$(BIN)/mypy --strict gateway
 
 test: $(STAMP) system-deps $(NODE_STAMP) lint

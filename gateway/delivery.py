@@ -66,6 +66,10 @@ class Confirmations:
         if self._handle is None and self._outstanding is None:
             self._handle = asyncio.get_running_loop().call_later(self._interval, self._fire)
 
+    def follow(self, positions: MessagePositions) -> None:
+        """A resume replaced the client leg: read message positions from the new one."""
+        self._scanner = positions
+
     def _mark(self) -> Mark:
         if self.ledger.keeps_bytes:
             return self.ledger.mark()

@@ -51,6 +51,20 @@ class DataOut(Protocol):
         """Bytes buffered and not yet sent (0: nothing for backpressure to do)."""
 
 
+class PongListener(Protocol):
+    """Gets the pongs that answer no keepalive ping (the gateway's confirmation pings)."""
+
+    def pong(self, payload: bytes) -> None:
+        """A pong arrived with ``payload``."""
+
+
+class TextLog(Protocol):
+    """Where a resumable client leg also records the gateway's own text messages (opt-in notices)."""
+
+    def append(self, data: bytes) -> None:
+        """Frames written to the client."""
+
+
 class _Drop:
     """The data destination after the other leg's close: nothing goes there (the scanners discard)."""
 
@@ -161,6 +175,7 @@ class Leg:
         "retain_limit",
         "scanner",
         "sender",
+        "text_log",
         "transport",
     )
 
@@ -229,8 +244,11 @@ class Leg:
         self.retain_limit = 0
         self.delivery: Confirmations | None = None
         """Client leg, while relaying to an upstream with reconnection on: told of every write upstream."""
-        self.pong_listener: Confirmations | None = None
-        """Upstream leg: gets the pongs that answer no keepalive ping (confirmation pings)."""
+        self.pong_listener: PongListener | None = None
+        """Gets the pongs that answer no keepalive ping (confirmation pings: the upstream leg's, or a
+        resumable client's)."""
+        self.text_log: TextLog | None = None
+        """Resumable client leg: the replay log, which counts the gateway's notices as messages too."""
         transport.set_write_buffer_limits(high=config.max_buffered, low=config.max_buffered // 4)
 
     # --- scanner sink: what this leg's peer sends -----------------------------------------
@@ -323,7 +341,27 @@ class Leg:
     def write_text(self, text: str) -> None:
         """Send the peer a text message of the gateway's own (opt-in notices), if data may still go."""
         if self.handshake.can_send_data:
-            self.transport.write(build_frame(Opcode.TEXT, text.encode("utf-8"), masked=self.masked))
+            frame = build_frame(Opcode.TEXT, text.encode("utf-8"), masked=self.masked)
+            self.transport.write(frame)
+            if self.text_log is not None:
+                self.text_log.append(frame)
+
+    def carry_over(self, old: Leg) -> None:
+        """This client leg replaces ``old`` (a resume, docs/resume.md): the session keeps one message
+        numbering, one set of counts and its delivery bookkeeping across client connections."""
+        for name in ("messages", "payload_bytes", "fragmented_messages", "discarded_messages"):
+            setattr(self.scanner, name, getattr(old.scanner, name))
+        if self.inflater is not None:
+            self.inflater.complete_messages = old.positions.complete_messages
+            if old.inflater is not None:
+                for name in ("messages", "compressed_bytes", "inflated_bytes", "discarded_messages"):
+                    setattr(self.inflater, name, getattr(old.inflater, name))
+        if isinstance(self.sender, Deflater) and isinstance(old.sender, Deflater):
+            for name in ("messages", "compressed_bytes", "plain_bytes"):
+                setattr(self.sender, name, getattr(old.sender, name))
+        self.delivery, self.pong_listener, self.text_log = old.delivery, old.pong_listener, old.text_log
+        self.recent = bytearray() if old.recent is not None else None
+        self.retain_limit = old.retain_limit
 
     def send_close(self, close: Close) -> None:
         """Start (or answer) the closing handshake on this leg, then bound how long it may take."""
@@ -449,7 +487,7 @@ class Leg:
             self.inflater.release()
         self.listener = _DETACHED_LISTENER
         self.out = DROP
-        self.delivery = self.pong_listener = None
+        self.delivery = self.pong_listener = self.text_log = None
         del self.other
 
     def closing_code(self) -> int:

@@ -23,6 +23,7 @@ from gateway.core.closecodes import Cause, Initiator, code_label
 from gateway.core.closerules import LegName, known_series
 from gateway.core.replay import OverflowPolicy
 from gateway.reconnect import RECONNECT_SUBPROTOCOL
+from gateway.resume import RESUME_RESULTS
 from gateway.upstream import ConnectResult
 
 __all__ = [
@@ -228,6 +229,27 @@ class GatewayMetrics:
         self._replayed = Counter(
             f"{PREFIX}_replayed_messages", "Client messages replayed to a reconnected upstream.", registry=registry
         )
+        self._client_resumes = Counter(
+            f"{PREFIX}_client_resumes",
+            "Resumable clients that dropped, by what followed: resumed (spliced back in), expired (not back "
+            "within resume.grace), overflow (the replay log overflowed while it was away); and resume "
+            "attempts refused with 4410 (refused).",
+            ["result"],
+            registry=registry,
+        )
+        for result in RESUME_RESULTS:
+            self._client_resumes.labels(result)
+        self._client_gap = Histogram(
+            f"{PREFIX}_client_gap_seconds",
+            "How long resumed clients were away (from the drop the gateway saw to the resume).",
+            buckets=OUTAGE_BUCKETS,
+            registry=registry,
+        )
+        self._client_replayed = Counter(
+            f"{PREFIX}_client_resume_replayed_messages",
+            "The app's messages re-sent to resumed clients (sent before or during the gap, not confirmed).",
+            registry=registry,
+        )
         self._replay_dropped = Counter(
             f"{PREFIX}_replay_dropped_messages",
             "Client messages lost at upstream outages, by reason: unconfirmed (at_most_once: sent, not "
@@ -336,6 +358,16 @@ class GatewayMetrics:
         self._resumed.inc()
         self._outages.observe(outage_seconds)
         self._replayed.inc(replayed)
+
+    def client_resume(self, result: str) -> None:
+        """A resumable client's drop or resume attempt ended with ``result`` (one of RESUME_RESULTS)."""
+        self._client_resumes.labels(result).inc()
+
+    def client_resumed(self, gap_seconds: float, replayed: int) -> None:
+        """A client resumed after ``gap_seconds``; ``replayed`` of the app's messages were re-sent."""
+        self._client_resumes.labels("resumed").inc()
+        self._client_gap.observe(gap_seconds)
+        self._client_replayed.inc(replayed)
 
     def replay_lost(self, dropped: Mapping[str, int], overflowed: bool, policy: str) -> None:
         """Messages were lost at an outage, counted by reason; ``overflowed`` when the replay buffer's

@@ -20,12 +20,20 @@ from dataclasses import dataclass
 from gateway.core.backoff import Breaker, Delays
 from gateway.core.closerules import Event
 from gateway.core.config import ReconnectConfig
-from gateway.core.delivery import DeliveryMode, Loss, Unconfirmed
+from gateway.core.delivery import (
+    DeliveryMode,
+    Loss,
+    Unconfirmed,
+    Verdict,
+    first_message_is_invalid_text,
+    judge_loss,
+)
 from gateway.core.replay import MessageBuffer, Overflow
+from gateway.core.scanner import MessagePositions
 from gateway.delivery import Confirmations
 from gateway.upstream import ConnectResult, UpstreamConnection, UpstreamRefused, UpstreamUnavailable
 
-__all__ = ["GaveUp", "OutageHold", "Reconnected", "Recovery", "Reopen", "outage_buffer", "reconnect"]
+__all__ = ["GaveUp", "OutageHold", "Reconnected", "Recovery", "Reopen", "judge_outage", "outage_buffer", "reconnect"]
 
 Reopen = Callable[[int], Awaitable[UpstreamConnection]]
 """Opens a new upstream connection; the argument is the attempt number (1, 2, ...)."""
@@ -194,3 +202,21 @@ def outage_buffer(
         lost["overflow"] += unconfirmed.resend_messages - len(buffer.messages)
         return buffer, lost, str(exc)
     return buffer, lost, ""
+
+
+def judge_outage(recovery: Recovery, unconfirmed: Unconfirmed, positions: MessagePositions, reset: bool) -> Verdict:
+    """Is this upstream loss a refusal or a poison message rather than an outage?
+    (:func:`gateway.core.delivery.judge_loss`; ``positions`` are the client leg's.)"""
+    assert recovery.confirmations is not None
+    pending = unconfirmed.messages > 0 or not positions.at_boundary
+    loss = Loss(
+        first_unconfirmed=recovery.confirmations.ledger.confirmed + 1 if pending else 0,
+        reset=reset,
+        last_message=positions.complete_messages + (0 if positions.at_boundary else 1),
+        last_size=positions.last_message_size,
+    )
+    invalid_text = (unconfirmed.lost_overflow == 0 and bool(unconfirmed.resend)
+                    and first_message_is_invalid_text(unconfirmed.resend))
+    verdict = judge_loss(loss, recovery.last_loss, recovery.config.buffer_bytes, invalid_text)
+    recovery.last_loss = loss
+    return verdict

@@ -35,6 +35,7 @@ from gateway.core.compression import DeflateAgreement, ExtensionHeaderError, neg
 from gateway.core.config import GatewayConfig, RefusalMode, parse_host_port
 from gateway.core.forwarding import ForwardedRequest, forward_headers, offered_subprotocols
 from gateway.core.handshake import accept_key
+from gateway.core.resume import MARKER, RESUME_REFUSED, ResumeOffer, hello, parse_offer, token_key
 from gateway.core.targets import TargetPool
 from gateway.core.upgrade import Refusal, check_upgrade
 from gateway.flow import WriteFlow
@@ -42,6 +43,7 @@ from gateway.gcpolicy import tune_after_start
 from gateway.http import BadRequestLog, GuardedRequestHandler, HeadGuard, TrafficServer, sanitise
 from gateway.metrics import GatewayMetrics
 from gateway.reconnect import Recovery, Reopen
+from gateway.resume import ResumeState
 from gateway.session import Session
 from gateway.upstream import ConnectResult, UpstreamConnection, UpstreamRefused, UpstreamUnavailable, connect_any
 
@@ -62,13 +64,17 @@ _READY_PROBE_TIMEOUT: Final = 1.0
 
 
 class _ClientFeeder:
-    """Receives the upgraded client connection's reads from aiohttp (``set_parser``)."""
+    """Receives the upgraded client connection's reads from aiohttp (``set_parser``).
 
-    __slots__ = ("feed", "lost")
+    ``ended`` (a resumed connection's) is set when the connection is gone: its handler waits for it.
+    """
 
-    def __init__(self, session: Session) -> None:
+    __slots__ = ("ended", "feed", "lost")
+
+    def __init__(self, session: Session, ended: asyncio.Future[None] | None = None) -> None:
         self.feed = session.client.scanner.feed
         self.lost = session.client.transport_lost
+        self.ended = ended
 
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:
         self.feed(data)
@@ -76,6 +82,8 @@ class _ClientFeeder:
 
     def feed_eof(self) -> None:
         self.lost()
+        if self.ended is not None and not self.ended.done():
+            self.ended.set_result(None)
 
 
 def _refuse(status: int, text: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -97,6 +105,8 @@ class Gateway:
         self.metrics = GatewayMetrics(registry)
         self.sessions: set[Session] = set()
         self.handshakes = 0
+        self.resumable: dict[bytes, Session] = {}
+        """Resumable sessions by their current token's key (gateway.resume)."""
         self.per_client: dict[str, int] = {}
         """Sessions (and upgrades under way) per client address, when client.max_sessions_per_client is set."""
         self.draining = False
@@ -177,6 +187,9 @@ class Gateway:
         if isinstance(compression, web.Response):
             self.metrics.handshake_failed(compression.status)
             return compression, None
+        offer = parse_offer(offered_subprotocols(raw_headers))
+        if self.config.resume.enabled and (offer.token is not None or offer.malformed):
+            return await self._resume(request, offer, compression), None
         client_config = self.config.client
         peer = request.transport.get_extra_info("peername") if request.transport else None
         peer_ip = peer[0] if peer else "unknown"
@@ -217,6 +230,9 @@ class Gateway:
         """Open the upstream leg, answer 101 and start relaying; or refuse as the upstream did."""
         client_config = self.config.client
         offered = offered_subprotocols(raw_headers)
+        resumable = self.config.resume.enabled and MARKER in offered
+        if resumable:
+            offered = [protocol for protocol in offered if protocol != MARKER]  # the app never sees it
         session_id = os.urandom(16).hex()
         upstream_headers = [*forwarded.headers, (SESSION_ID_HEADER, session_id)]
         self.handshakes += 1
@@ -248,14 +264,15 @@ class Gateway:
         if request.transport is None or request.transport.is_closing():
             upstream.transport.abort()
             return web.Response(status=499), None
-        if offered and upstream.subprotocol is None:
+        subprotocol = upstream.subprotocol or (MARKER if resumable else None)
+        if offered and subprotocol is None:
             # Allowed (RFC 6455 4.2.2), but browsers then fail the connection: say so once.
             logger.info(
                 "client offered subprotocols %s and the upstream chose none; browsers drop such a connection",
                 sanitise(", ".join(offered)),
             )
         agreement = compression if isinstance(compression, DeflateAgreement) else None
-        response = self._switching_protocols(request, upstream.subprotocol,
+        response = self._switching_protocols(request, subprotocol,
                                              agreement.response if agreement is not None else None)
         await response.prepare(request)
         self.metrics.compression_negotiated("negotiated" if agreement is not None else str(compression))
@@ -279,6 +296,11 @@ class Gateway:
             )
         session.target = target
         self.pool.opened(target)
+        if resumable:
+            assert subprotocol is not None
+            session.resume = ResumeState(self.config.resume, self.resumable, session, subprotocol, session.client_gone)
+            hello_text = hello(session.resume.issue_token(), self.config.resume.grace)
+            request.transport.write(build_frame(Opcode.TEXT, hello_text, masked=False))  # before any app message
         client_protocol = request.protocol
         session.attach(
             request.transport,
@@ -287,9 +309,49 @@ class Gateway:
             WriteFlow(upstream.protocol.is_paused, upstream.protocol.wait_resumed),
             compression=agreement,
         )
+        if session.resume is not None:
+            session.client.text_log = session.resume.log
         upstream.protocol.attach(session.upstream.scanner.feed, session.upstream.transport_lost, upstream.first_bytes)
         client_protocol.set_parser(_ClientFeeder(session))  # type: ignore[arg-type]
         return response, session
+
+    async def _resume(self, request: web.BaseRequest, offer: ResumeOffer,
+                      compression: DeflateAgreement | str) -> web.StreamResponse:
+        """A client resumes (docs/resume.md): splice its new connection into its session, and wait
+        here while that connection lasts; or refuse with 4410, the same way whatever the reason."""
+        session = self.resumable.get(token_key(offer.token)) if offer.token is not None else None
+        resume = session.resume if session is not None else None
+        offered = offered_subprotocols([(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers])
+        if session is None or resume is None or resume.subprotocol not in offered or request.transport is None:
+            return await self._refuse_resume(request)
+        agreement = compression if isinstance(compression, DeflateAgreement) else None
+        response = self._switching_protocols(request, resume.subprotocol,
+                                             agreement.response if agreement is not None else None)
+        await response.prepare(request)
+        client_protocol = request.protocol
+        flow = WriteFlow(lambda: client_protocol.writing_paused, client_protocol._drain_helper)
+        if session.splice_client(request.transport, flow, agreement, offer.received) is None:
+            self._close_resume(request)
+            return response
+        self.metrics.compression_negotiated("negotiated" if agreement is not None else str(compression))
+        ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        client_protocol.set_parser(_ClientFeeder(session, ended))  # type: ignore[arg-type]
+        await asyncio.wait((ended, session.done), return_when=asyncio.FIRST_COMPLETED)
+        return response
+
+    async def _refuse_resume(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Upgrade, then close with 4410: what a browser can see of a refused resume."""
+        response = self._switching_protocols(request, None)
+        await response.prepare(request)
+        self._close_resume(request)
+        return response
+
+    def _close_resume(self, request: web.BaseRequest) -> None:
+        self.metrics.client_resume("refused")
+        if request.transport is not None:
+            payload = build_close_payload(RESUME_REFUSED, "session cannot be resumed")
+            request.transport.write(build_frame(Opcode.CLOSE, payload, masked=False))
+            request.transport.close()
 
     def _reopener(
         self, session: Session, path: str, headers: list[tuple[str, str]], offered: list[str]

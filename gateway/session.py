@@ -32,22 +32,16 @@ from gateway.core.closing import Close
 from gateway.core.compression import DeflateAgreement
 from gateway.core.config import ClientConfig, UpstreamConfig
 from gateway.core.deflate import compression_counts
-from gateway.core.delivery import (
-    DeliveryMode,
-    Ledger,
-    Loss,
-    Unconfirmed,
-    Verdict,
-    first_message_is_invalid_text,
-    judge_loss,
-)
+from gateway.core.delivery import DeliveryMode, Ledger, Unconfirmed
 from gateway.core.replay import MessageBuffer
 from gateway.core.targets import Target
 from gateway.delivery import Confirmations
 from gateway.flow import Backpressure, Pausable, WriteFlow
 from gateway.leg import Leg
 from gateway.metrics import GatewayMetrics
-from gateway.reconnect import GaveUp, OutageHold, Reconnected, Recovery, outage_buffer, reconnect
+from gateway.reconnect import GaveUp, OutageHold, Reconnected, Recovery, judge_outage, outage_buffer, reconnect
+from gateway.resume import ResumeState
+from gateway.session_resume import ClientResume
 from gateway.sessionlog import SessionRecord, log_session
 
 __all__ = ["Session", "SessionState", "Traffic"]
@@ -76,7 +70,7 @@ class Traffic:
     discarded_messages: int = 0
 
 
-class Session:
+class Session(ClientResume):
     """Both legs of one client connection and the rules that tie their closes together.
 
     Slotted: idle sessions are most of a gateway's memory.
@@ -100,6 +94,7 @@ class Session:
         "metrics",
         "path",
         "recovery",
+        "resume",
         "retired",
         "session_id",
         "started",
@@ -138,6 +133,8 @@ class Session:
         self.target: Target | None = None
         """The upstream target this session is on (the server moves it on reconnect)."""
         self.retired = Traffic()
+        self.resume: ResumeState | None = None
+        """Set for a resumable client (docs/resume.md): it may drop and be spliced back in."""
 
     # --- set-up ---------------------------------------------------------------------------
     def attach(
@@ -192,6 +189,8 @@ class Session:
         self.client.other = upstream
         self.client.out = upstream.transport
         upstream.out = self.client.sender
+        if self.resume is not None:  # the app's messages also go into the replay log
+            self.resume.tap.target, upstream.out = self.client.sender, self.resume.tap
         if self.recovery is not None:
             upstream.pong_listener = self.recovery.confirmations
 
@@ -201,6 +200,9 @@ class Session:
     def _hear_writes(self, confirmations: Confirmations | None) -> None:
         if self.state is SessionState.OPEN:  # during an outage nothing is written upstream
             self.client.delivery = confirmations
+
+    def _relaying(self) -> bool:
+        return self.state is SessionState.OPEN
 
     def _set_state(self, state: SessionState) -> None:
         logger.debug("session %s: %s -> %s", self.session_id, self.state.value, state.value)
@@ -263,6 +265,9 @@ class Session:
     def leg_ping_timeout(self, leg: Leg) -> None:
         """A gateway ping on ``leg`` went unanswered: that peer is presumed dead."""
         self.metrics.ping_timed_out(leg.name.value)
+        if leg is self.client and self.resume is not None and self._wait_for_client():
+            leg.abort()
+            return
         if not self._current(leg):
             leg.abort()
             return
@@ -275,6 +280,8 @@ class Session:
 
     def leg_lost(self, leg: Leg) -> None:
         """A transport closed. Mid-session, that is an abnormal close (1006) the other leg hears of."""
+        if leg is self.client and self.resume is not None and (self.resume.away or self._wait_for_client()):
+            return
         if leg is self.upstream and self.state is SessionState.OPEN and self._may_reconnect(None):
             self._upstream_lost(None)
         elif self._current(leg):
@@ -348,6 +355,8 @@ class Session:
     # --- upstream replacement ------------------------------------------------------------------
     def _may_reconnect(self, code: int | None) -> bool:
         recovery = self.recovery
+        if self.resume is not None and self.resume.away:
+            return False  # no upstream replacement while the client is away: the session ends
         return recovery is not None and recovery.allowed and worth_retrying(code, recovery.config.codes)
 
     def _upstream_lost(self, code: int | None) -> None:
@@ -356,7 +365,7 @@ class Session:
         assert recovery is not None
         now = time.monotonic()
         unconfirmed = self._unconfirmed(recovery)
-        verdict = self._judge(recovery, unconfirmed)
+        verdict = judge_outage(recovery, unconfirmed, self.client.positions, self.upstream.lost_by_reset)
         if verdict.code:
             named_complete = verdict.message <= self.client.positions.complete_messages
             self._count_lost(recovery, {"refused": 1,
@@ -399,23 +408,6 @@ class Session:
             if recovery.last_loss is not None and recovery.last_loss.first_unconfirmed else "",
         )
         recovery.task = asyncio.get_running_loop().create_task(self._reconnect(recovery))
-
-    def _judge(self, recovery: Recovery, unconfirmed: Unconfirmed) -> Verdict:
-        """Is this loss a refusal or a poison message rather than an outage? (gateway.core.delivery)"""
-        scanner = self.client.positions
-        assert recovery.confirmations is not None
-        pending = unconfirmed.messages > 0 or not scanner.at_boundary
-        loss = Loss(
-            first_unconfirmed=recovery.confirmations.ledger.confirmed + 1 if pending else 0,
-            reset=self.upstream.lost_by_reset,
-            last_message=scanner.complete_messages + (0 if scanner.at_boundary else 1),
-            last_size=scanner.last_message_size,
-        )
-        invalid_text = (unconfirmed.lost_overflow == 0 and bool(unconfirmed.resend)
-                        and first_message_is_invalid_text(unconfirmed.resend))
-        verdict = judge_loss(loss, recovery.last_loss, recovery.config.buffer_bytes, invalid_text)
-        recovery.last_loss = loss
-        return verdict
 
     def _outage_buffer(self, recovery: Recovery, unconfirmed: Unconfirmed) -> MessageBuffer | None:
         """The replay buffer for an outage starting now (:func:`gateway.reconnect.outage_buffer`);
@@ -585,6 +577,7 @@ class Session:
                 outage_seconds=recovery.outage_total if recovery else 0.0,
                 lost_messages=recovery.lost_total if recovery else 0,
                 possible_duplicates=recovery.duplicates_total if recovery else 0,
+                client_resumes=self.resume.resumes if self.resume is not None else 0,
                 compressed=client.inflater is not None,
             )
         )
@@ -596,5 +589,7 @@ class Session:
         if recovery is not None and recovery.confirmations is not None:
             recovery.confirmations.stop()
         self.recovery = None
+        if self.resume is not None:
+            self.resume.end()
         if not self.done.done():
             self.done.set_result(None)

@@ -53,6 +53,8 @@ class SessionRecord:
     """Client messages lost at upstream outages (every reason of replay_dropped_messages_total)."""
     possible_duplicates: int = 0
     """at_least_once: unconfirmed client messages re-sent to a new upstream (each may be a duplicate)."""
+    client_resumes: int = 0
+    """Times a resumable client dropped and was spliced back in (docs/resume.md)."""
     compressed: bool = False
     """permessage-deflate was agreed with the client (bytes_in/bytes_out count payload as the client
     leg carried it: compressed where a message was compressed)."""

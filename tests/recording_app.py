@@ -32,3 +32,32 @@ async def record(websocket: WebSocket, client: int) -> None:
         pass
     finally:
         os.close(fd)
+
+
+@app.websocket("/ws/stream")
+async def stream(websocket: WebSocket, client: int, ticks: int = 0, interval_ms: int = 20) -> None:
+    """Resume tests: record ``open``, each received text and ``closed <code>`` in ``$RECORD_DIR/N.txt``;
+    echo each text as ``echo:<text>``, and meanwhile send ``tick:1`` ... ``tick:<ticks>`` every
+    ``interval_ms``. One ``open`` line per connection: a resumed session shows exactly one."""
+    import asyncio
+
+    fd = os.open(RECORD_DIR / f"{client}.txt", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.write(fd, b"open\n")
+    await websocket.accept()
+
+    async def tick() -> None:
+        for n in range(1, ticks + 1):
+            await asyncio.sleep(interval_ms / 1000)
+            await websocket.send_text(f"tick:{n}")
+
+    ticker = asyncio.ensure_future(tick())
+    try:
+        while True:
+            text = await websocket.receive_text()
+            os.write(fd, text.encode() + b"\n")
+            await websocket.send_text(f"echo:{text}")
+    except WebSocketDisconnect as disconnect:
+        os.write(fd, f"closed {disconnect.code}\n".encode())
+    finally:
+        ticker.cancel()
+        os.close(fd)

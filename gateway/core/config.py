@@ -58,6 +58,7 @@ __all__ = [
     "ProxyConfig",
     "ReconnectConfig",
     "RefusalMode",
+    "ResumeConfig",
     "UpstreamConfig",
     "effective_config",
     "load_config",
@@ -223,6 +224,20 @@ class ReconnectConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ResumeConfig:
+    """Client resume (docs/resume.md): a resumable client that drops is waited for and spliced back in."""
+
+    enabled: bool
+    """Accept resumable sessions from clients that ask (others are unaffected either way)."""
+    grace: float
+    """Seconds the app's leg is kept open for a client that dropped without a close frame."""
+    buffer_bytes: int
+    """Bytes of the app's messages kept until the client confirms them (past it: no resume)."""
+    confirm_interval: float
+    """Least seconds between two confirmation pings to a resumable client while the app sends."""
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     """The whole, validated configuration."""
 
@@ -235,6 +250,7 @@ class GatewayConfig:
     proxy: ProxyConfig
     drain: DrainConfig
     reconnect: ReconnectConfig
+    resume: ResumeConfig
 
 
 def _leg_schema(ping_interval: str, max_message: str) -> dict[str, tuple[Any, Parser]]:
@@ -299,6 +315,12 @@ SCHEMA: Final[dict[str, Any]] = {
         "confirm_interval": ("100ms", positive_duration),
         "notify_loss": ("", template(("session_id",))),
         "notify_resume": ("", template(("session_id", "outage_ms", "replayed", "lost"))),
+    },
+    "resume": {
+        "enabled": (True, boolean),
+        "grace": ("30s", positive_duration),
+        "buffer_bytes": ("1MiB", positive_size),
+        "confirm_interval": ("1s", positive_duration),
     },
     "drain": {
         "listener_delay": ("5s", parse_duration),
@@ -480,6 +502,7 @@ def load_config(
         proxy=ProxyConfig(**values["proxy"]),
         drain=DrainConfig(**values["drain"]),
         reconnect=ReconnectConfig(**values["reconnect"]),
+        resume=ResumeConfig(**values["resume"]),
     )
 
 

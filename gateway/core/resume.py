@@ -29,14 +29,17 @@ import orjson
 
 from gateway.core.codec import read_header
 
-__all__ = ["MARKER", "RESUME_PREFIX", "ReplayLog", "ResumeOffer", "hello", "new_token", "parse_offer", "resumed",
-           "token_key"]
+__all__ = ["MARKER", "RESUME_PREFIX", "RESUME_REFUSED", "ReplayLog", "ResumeOffer", "hello", "new_token",
+           "parse_offer", "resumed", "token_key"]
 
 MARKER: Final = "ws-gateway.resumable"
 """Offered by a resumable client on every connection. The gateway answers it as the subprotocol
 when the app chose none (a browser that offered subprotocols fails a 101 that names none)."""
 RESUME_PREFIX: Final = "ws-gateway.resume."
 """``ws-gateway.resume.<token>.<messages received>``: offered by a client that resumes."""
+RESUME_REFUSED: Final = 4410
+"""The close code of a refused resume (unknown, wrong, reused or expired token; anything else that
+prevents it): the helper then fires ``reset`` and connects afresh. 4000 + HTTP 410 Gone."""
 TOKEN_BYTES: Final = 24
 """192 random bits per token (the issue asks for at least 128)."""
 _RESUME: Final = re.compile(r"ws-gateway\.resume\.([A-Za-z0-9_-]{32})\.(0|[1-9][0-9]{0,15})")

@@ -1,0 +1,191 @@
+"""A resumable WebSocket client for Python asyncio, over the ``websockets`` library (docs/resume.md).
+
+Connect through ws-gateway, and a network drop (no close frame) is resumed: the helper reconnects
+with the session's token, the gateway splices it onto the same app connection, and both sides
+re-send exactly what the other lacks. The app sees one WebSocket; this client sees every app
+message once, in order::
+
+    ws = ResumableWebSocket("wss://example.com/ws/chat", ["chat.v1"])
+    await ws.connect()
+    await ws.send("hello")
+    message = await ws.recv()     # resumes across drops; raises ResumeReset if it cannot
+    await ws.close()
+
+When a resume is refused (close 4410: the grace period passed, the gateway restarted, another pod
+answered) or cannot be made within the grace period, :meth:`recv` and :meth:`send` raise
+:class:`ResumeReset`: the session is gone, and :meth:`connect` starts a new one.
+
+Not part of the gateway package: it needs ``websockets`` (a test dependency of the project).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+__all__ = ["MARKER", "RESUME_REFUSED", "ResumableWebSocket", "ResumeReset"]
+
+MARKER = "ws-gateway.resumable"
+RESUME_PREFIX = "ws-gateway.resume."
+RESUME_REFUSED = 4410
+RETRY_DELAYS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
+
+
+class ResumeReset(Exception):
+    """The session could not be resumed (a refusal with 4410, or no connection within the grace period)."""
+
+
+class ResumableWebSocket:
+    """One resumable session through ws-gateway.
+
+    Args:
+        url: the gateway's WebSocket URL.
+        subprotocols: the app's subprotocols (the gateway's marker is added).
+        buffer_bytes: the most bytes of sent messages kept until the gateway confirms them on a
+            resume; a resume that needs older ones resets.
+        connect_options: passed to ``websockets.asyncio.client.connect``.
+    """
+
+    def __init__(self, url: str, subprotocols: Sequence[str] = (), *, buffer_bytes: int = 1 << 20,
+                 **connect_options: Any) -> None:
+        self.url = url
+        self.app_protocols = list(subprotocols)
+        self.buffer_bytes = buffer_bytes
+        self.connect_options = {"open_timeout": 10, "close_timeout": 5, "max_size": None, **connect_options}
+        self.subprotocol: str | None = None
+        """The app's subprotocol (None when it chose none)."""
+        self.resumes = 0
+        """Drops resumed."""
+        self.received = 0
+        """App messages delivered by :meth:`recv`."""
+        self._ws: ClientConnection | None = None
+        self._token = ""
+        self._grace = 0.0
+        self._sent: deque[tuple[int, str | bytes]] = deque()
+        self._sent_bytes = 0
+        self._sent_count = 0
+        self._forgot_through = 0
+        """The last sent message dropped from the buffer before the gateway confirmed it."""
+        self._lock = asyncio.Lock()
+        self._closing = False
+
+    # --- the session's first connection ----------------------------------------------------
+    async def connect(self) -> None:
+        """Open a new session (after a reset, the next one)."""
+        ws = await connect(self.url, subprotocols=[*self.app_protocols, MARKER], **self.connect_options)
+        hello = await self._first_message(ws)
+        if hello.get("ws-gateway") != "resumable":
+            await ws.close()
+            raise ResumeReset(f"the gateway did not start a resumable session: {hello}")
+        self._ws, self._token, self._grace = ws, hello["token"], hello["grace_ms"] / 1000
+        self.subprotocol = None if ws.subprotocol == MARKER else ws.subprotocol
+        self.received = self._sent_count = self._sent_bytes = self._forgot_through = 0
+        self._sent.clear()
+        self._closing = False
+
+    @staticmethod
+    async def _first_message(ws: ClientConnection) -> dict[str, Any]:
+        try:
+            first = await asyncio.wait_for(ws.recv(), 10)
+        except ConnectionClosed as closed:
+            if closed.rcvd is not None and closed.rcvd.code == RESUME_REFUSED:
+                raise ResumeReset(f"resume refused: {closed.rcvd.reason}") from None
+            raise
+        data = json.loads(first)
+        if not isinstance(data, dict):
+            raise ResumeReset("the gateway's first message is not an object")
+        return data
+
+    # --- sending and receiving -------------------------------------------------------------
+    async def send(self, message: str | bytes) -> None:
+        """Send one message; kept until a resume tells whether the gateway got it."""
+        async with self._lock:
+            self._sent_count += 1
+            self._sent.append((self._sent_count, message))
+            self._sent_bytes += len(message)
+            while self._sent_bytes > self.buffer_bytes and len(self._sent) > 1:
+                index, old = self._sent.popleft()
+                self._sent_bytes -= len(old)
+                self._forgot_through = index
+            ws = self._ws
+            assert ws is not None, "connect() first"
+            try:
+                await ws.send(message)
+                return
+            except ConnectionClosed as closed:
+                if not self._dropped(closed):
+                    raise
+        await self._resume(ws)  # the message is re-sent if the gateway did not get it
+
+    async def recv(self) -> str | bytes:
+        """The next message from the app (resuming across drops)."""
+        while True:
+            ws = self._ws
+            assert ws is not None, "connect() first"
+            try:
+                message = await ws.recv()
+            except ConnectionClosed as closed:
+                if not self._dropped(closed):
+                    raise
+                await self._resume(ws)
+                continue
+            self.received += 1
+            return message
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        self._closing = True
+        if self._ws is not None:
+            await self._ws.close(code, reason)
+
+    def _dropped(self, closed: ConnectionClosed) -> bool:
+        """The connection ended without a close frame from the gateway (and not by us): resume."""
+        if closed.rcvd is not None and closed.rcvd.code == RESUME_REFUSED:
+            raise ResumeReset(f"resume refused: {closed.rcvd.reason}") from None
+        return closed.rcvd is None and not self._closing
+
+    # --- resuming ----------------------------------------------------------------------------
+    async def _resume(self, lost: ClientConnection) -> None:
+        """Reconnect with the token, then re-send what the gateway lacks (once, for every caller)."""
+        async with self._lock:
+            if self._ws is not lost:
+                return  # another caller resumed already
+            deadline = time.monotonic() + self._grace
+            attempt = 0
+            while True:
+                delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+                attempt += 1
+                if time.monotonic() + delay > deadline:
+                    raise ResumeReset(f"no connection within the grace period ({self._grace:g}s)")
+                await asyncio.sleep(delay)
+                offer = [*self.app_protocols, MARKER, f"{RESUME_PREFIX}{self._token}.{self.received}"]
+                try:
+                    ws = await connect(self.url, subprotocols=offer, **self.connect_options)
+                except (OSError, InvalidHandshake, TimeoutError) as exc:
+                    if isinstance(exc, InvalidStatus) and exc.response.status_code < 500:
+                        raise ResumeReset(f"resume refused with HTTP {exc.response.status_code}") from None
+                    continue
+                resumed = await self._first_message(ws)
+                break
+            if resumed.get("ws-gateway") != "resumed":
+                await ws.close()
+                raise ResumeReset(f"unexpected first message on a resume: {resumed}")
+            got = int(resumed["received"])
+            if got < self._forgot_through or got > self._sent_count:
+                await ws.close()
+                raise ResumeReset(f"the gateway has {got} of our messages; we kept those after {self._forgot_through}")
+            while self._sent and self._sent[0][0] <= got:
+                self._sent_bytes -= len(self._sent.popleft()[1])
+            self._ws, self._token = ws, resumed["token"]
+            self.resumes += 1
+            try:
+                for _, message in self._sent:
+                    await ws.send(message)
+            except ConnectionClosed:
+                return  # dropped again: the next send or recv resumes, re-sending what is still kept

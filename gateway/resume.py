@@ -1,0 +1,180 @@
+"""Client resume (issue 11, docs/resume.md): the asyncio side of a resumable session.
+
+A session whose client asked to be resumable gets a :class:`ResumeState`. While the client is
+connected, what the app sends it goes through a :class:`ReplayTap` into the session's
+:class:`~gateway.core.resume.ReplayLog` as well as to the client, and confirmation pings (a ping
+after the app's latest message, its pong confirming everything before it) let the log forget what
+the client has. When the client drops without a close frame, the session waits
+(:meth:`ResumeState.wait`): the app's leg stays open, its messages go to the log only, and after
+``resume.grace`` (or when the log overflows) the session ends as a client loss. A resume with the
+session's token splices a new client connection in (``Session.splice_client``), and
+:meth:`ResumeState.back` points the tap at it.
+
+The registry maps each session's current token, by its SHA-256 (:func:`~gateway.core.resume.token_key`),
+to the session: a token is valid from the message that carried it until the next resume replaces
+it or the session ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+from gateway.core.config import ResumeConfig
+from gateway.core.resume import ReplayLog, new_token, token_key
+from gateway.leg import DROP, DataOut
+
+__all__ = ["RESUME_RESULTS", "ReplayTap", "ResumeState"]
+
+RESUME_RESULTS: Final = ("resumed", "expired", "overflow", "refused")
+"""``result`` of client resumes: spliced back in; the grace period passed; the replay log
+overflowed while the client was away; a resume attempt refused with 4410 (unknown, wrong, reused
+or expired token, a malformed entry, or a session that could not take it)."""
+_CONFIRM_TAG: Final = b"resume:"
+
+
+class ReplayTap:
+    """The upstream leg's data destination on a resumable session: the client, and the replay log."""
+
+    __slots__ = ("log", "state", "target")
+
+    def __init__(self, log: ReplayLog, target: DataOut, state: ResumeState) -> None:
+        self.log = log
+        self.target = target
+        self.state = state
+
+    def write(self, data: bytes) -> None:
+        self.log.append(data)
+        self.target.write(data)
+        self.state.wrote()
+
+    def writelines(self, parts: Iterable[bytes]) -> None:
+        pieces = tuple(parts)
+        self.log.append(b"".join(pieces))
+        self.target.writelines(pieces)
+        self.state.wrote()
+
+    def get_write_buffer_size(self) -> int:
+        return self.target.get_write_buffer_size()
+
+
+class ResumeState:
+    """The resume side of one resumable session.
+
+    Args:
+        config: the ``resume`` section.
+        registry: the gateway's map from token key to session (shared by all sessions).
+        owner: the session (what the registry maps to).
+        subprotocol: what the first 101 named (the app's choice, or the resumable marker).
+        on_lost: called with ``expired`` or ``overflow`` when the session must end as a client loss.
+    """
+
+    __slots__ = ("_confirm_handle", "_counter", "_grace_handle", "_outstanding", "away_since", "config", "key",
+                 "log", "on_lost", "owner", "registry", "resumes", "send_ping", "subprotocol", "tap")
+
+    def __init__(self, config: ResumeConfig, registry: dict[bytes, Any], owner: object, subprotocol: str,
+                 on_lost: Callable[[str], None]) -> None:
+        self.config = config
+        self.registry = registry
+        self.owner = owner
+        self.subprotocol = subprotocol
+        self.on_lost = on_lost
+        self.log = ReplayLog(config.buffer_bytes)
+        self.tap = ReplayTap(self.log, DROP, self)
+        self.key: bytes | None = None
+        self.away_since: float | None = None
+        """When the client dropped (None while it is connected)."""
+        self.send_ping: Callable[[bytes], None] = _no_ping
+        """The current client leg's ``send_ping``."""
+        self._grace_handle: asyncio.TimerHandle | None = None
+        self._confirm_handle: asyncio.TimerHandle | None = None
+        self._outstanding: tuple[bytes, int] | None = None
+        self._counter = 0
+        self.resumes = 0
+        """Times a new client connection took over (the session log's ``client_resumes``)."""
+
+    @property
+    def away(self) -> bool:
+        return self.away_since is not None
+
+    def issue_token(self) -> str:
+        """A new token for the session; the one before it stops working now."""
+        token = new_token()
+        if self.key is not None:
+            self.registry.pop(self.key, None)
+        self.key = token_key(token)
+        self.registry[self.key] = self.owner
+        return token
+
+    # --- confirmations while the client is connected --------------------------------------
+    def wrote(self) -> None:
+        """The app's data went into the log (and to the client, if it is connected)."""
+        if self.away_since is not None:
+            if not self.log.resumable:
+                self.on_lost("overflow")
+            return
+        if self._confirm_handle is None and self._outstanding is None:
+            self._confirm_handle = asyncio.get_running_loop().call_later(self.config.confirm_interval, self._confirm)
+
+    def _confirm(self) -> None:
+        self._confirm_handle = None
+        if self.away_since is not None or self.log.messages <= self.log.confirmed:
+            return
+        self._counter += 1
+        payload = _CONFIRM_TAG + self._counter.to_bytes(8, "big")
+        self._outstanding = (payload, self.log.messages)
+        self.send_ping(payload)
+
+    def pong(self, payload: bytes) -> None:
+        """A pong on the client leg that answered no keepalive ping: maybe our confirmation."""
+        outstanding = self._outstanding
+        if outstanding is None or payload != outstanding[0]:
+            return
+        self._outstanding = None
+        self.log.confirm(outstanding[1])
+        if self.log.messages > self.log.confirmed:
+            self.wrote()
+
+    # --- away and back ----------------------------------------------------------------------
+    def wait(self) -> None:
+        """The client dropped: keep the app's messages in the log only, for ``resume.grace``."""
+        self.away_since = time.monotonic()
+        self.tap.target = DROP
+        self.send_ping = _no_ping
+        self._outstanding = None
+        if self._confirm_handle is not None:
+            self._confirm_handle.cancel()
+            self._confirm_handle = None
+        self._grace_handle = asyncio.get_running_loop().call_later(self.config.grace, self.on_lost, "expired")
+
+    def back(self, target: DataOut, send_ping: Callable[[bytes], None]) -> float:
+        """A new client connection took over (already sent what it lacked); returns the gap in seconds."""
+        gap = 0.0 if self.away_since is None else time.monotonic() - self.away_since
+        self.away_since = None
+        self.resumes += 1
+        if self._grace_handle is not None:
+            self._grace_handle.cancel()
+            self._grace_handle = None
+        self.tap.target = target
+        self.send_ping = send_ping
+        self._outstanding = None
+        if self.log.messages > self.log.confirmed:
+            self.wrote()
+        return gap
+
+    def end(self) -> None:
+        """The session is over: the token stops working, timers stop."""
+        for handle in (self._grace_handle, self._confirm_handle):
+            if handle is not None:
+                handle.cancel()
+        self._grace_handle = self._confirm_handle = None
+        if self.key is not None and self.registry.get(self.key) is self.owner:
+            del self.registry[self.key]
+        self.key = None
+        self.send_ping = _no_ping
+
+
+def _no_ping(payload: bytes) -> None:
+    return None

@@ -1,0 +1,93 @@
+"""Client resume (docs/resume.md) as the session applies it: waiting for a client that dropped,
+and splicing a resuming connection in as the new client leg. A mixin of
+:class:`gateway.session.Session`, kept apart so the session module stays one job's size; the
+state it keeps is :class:`gateway.resume.ResumeState`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, cast
+
+from gateway.core.closerules import Event, LegName, rule_for
+from gateway.core.codec import Opcode, build_frame
+from gateway.core.compression import DeflateAgreement
+from gateway.core.resume import resumed
+from gateway.flow import WriteFlow
+from gateway.leg import Leg, LegListener
+
+if TYPE_CHECKING:
+    from gateway.core.closerules import CloseRule
+    from gateway.core.config import ClientConfig, UpstreamConfig
+    from gateway.metrics import GatewayMetrics
+    from gateway.reconnect import Recovery
+    from gateway.resume import ResumeState
+
+__all__ = ["ClientResume"]
+
+logger = logging.getLogger("gateway.session")
+
+
+class ClientResume:
+    """The session's client-resume steps (what they use of the session is declared below)."""
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:
+        client: Leg
+        upstream: Leg
+        resume: ResumeState | None
+        recovery: Recovery | None
+        metrics: GatewayMetrics
+        session_id: str
+        client_config: ClientConfig
+        upstream_config: UpstreamConfig
+
+        def _relaying(self) -> bool: ...
+
+        def _close(self, rule: CloseRule, reason: str = "", code: int = 0) -> bool: ...
+
+    def _wait_for_client(self) -> bool:
+        """A resumable client dropped: keep the app's leg for ``resume.grace`` if nothing is half-sent."""
+        resume = self.resume
+        assert resume is not None
+        if not self._relaying() or not self.client.positions.at_boundary or not resume.log.resumable:
+            return False
+        resume.wait()
+        logger.info("session %s: resumable client dropped; waiting %gs for it", self.session_id, resume.config.grace)
+        return True
+
+    def client_gone(self, result: str) -> None:
+        """The client did not come back in time (``expired``), or the replay log overflowed meanwhile."""
+        self.metrics.client_resume(result)
+        self._close(rule_for(Event.PEER_LOST, LegName.CLIENT))
+
+    def splice_client(self, transport: asyncio.Transport, flow: WriteFlow, compression: DeflateAgreement | None,
+                      received: int) -> bytes | None:
+        """A resume: a new client connection replaces the client leg. Returns the token message to
+        send first (the app's messages the client lacks follow it), or None when it cannot resume."""
+        resume = self.resume
+        frames = resume.log.frames_after(received) if resume is not None else None
+        if resume is None or frames is None or not self._relaying():
+            return None
+        old = self.client
+        new = Leg(LegName.CLIENT, cast(LegListener, self), transport, flow, self.client_config,
+                  self.client_config.close_timeout, scanner_limits=self.upstream_config, compression=compression)
+        new.carry_over(old)
+        new.other, new.out, self.upstream.other = self.upstream, old.out, new
+        self.client = new  # type: ignore[misc]  # a Session slot (mypy checks the mixin's empty __slots__)
+        if self.recovery is not None and self.recovery.confirmations is not None:
+            self.recovery.confirmations.follow(new.positions)
+        if old.closed:
+            old.release()
+        else:
+            old.abort()  # the client came back before its old connection was seen to drop
+        message = build_frame(Opcode.TEXT, resumed(resume.issue_token(), new.positions.complete_messages),
+                              masked=False)
+        transport.write(message)
+        if frames:
+            new.sender.write(frames)
+        self.metrics.client_resumed(resume.back(new.sender, new.send_ping), resume.log.messages - received)
+        new.schedule_ping()
+        return message

@@ -1,0 +1,240 @@
+"""Issue 11: client resume through a TCP proxy that cuts the client's connection mid-stream.
+
+Real parts: the gateway, uvicorn with ``tests/recording_app.py`` (which writes ``open``, every
+message it receives and ``closed <code>`` to a file per client, so the test sees what the app saw),
+the Python helper ``clients/python/resumable_websocket.py``, and a proxy in this process that
+relays the client's TCP connections to the gateway and, on ``cut()``, aborts them (no close frame,
+as when a phone changes networks), optionally refusing new ones for a while.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from clients.python.resumable_websocket import MARKER, RESUME_REFUSED, ResumableWebSocket, ResumeReset
+from tests.support import HOST, GatewayProcess, RawClient, Upstream, async_wait_until, client_frame, scaled
+
+RESUME = {"resume": {"grace": "3s", "confirm_interval": "100ms"}}
+
+
+class CuttingProxy:
+    """A loopback TCP relay whose connections can be cut at once (aborted, no FIN exchange)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.accepted = 0
+        self.refusing = False
+        self._server: asyncio.Server | None = None
+        self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> CuttingProxy:
+        self._server = await asyncio.start_server(self._accept, HOST, 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        self.cut()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    @property
+    def url(self) -> str:
+        return f"ws://{HOST}:{self.port}"
+
+    def cut(self) -> None:
+        """Abort every relayed connection, both sides."""
+        for client, server in list(self._pairs):
+            client.transport.abort()
+            server.transport.abort()
+        self._pairs.clear()
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            writer.transport.abort()
+            return
+        self.accepted += 1
+        task = asyncio.ensure_future(self._relay(reader, writer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _relay(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        server_reader, server_writer = await asyncio.open_connection(HOST, self.target_port)
+        pair = (client_writer, server_writer)
+        self._pairs.add(pair)
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError, OSError):
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            writer.transport.abort()
+
+        try:
+            await asyncio.gather(pipe(client_reader, server_writer), pipe(server_reader, client_writer))
+        finally:
+            self._pairs.discard(pair)
+
+
+@pytest.fixture
+def record_app(make_upstream: Callable[..., Upstream], tmp_path: Path) -> tuple[Upstream, Path]:
+    records = tmp_path / "records"
+    records.mkdir()
+    return make_upstream(app="tests.recording_app:app", env={"RECORD_DIR": str(records)}), records
+
+
+@contextlib.asynccontextmanager
+async def proxied(gw: GatewayProcess) -> AsyncIterator[CuttingProxy]:
+    async with CuttingProxy(gw.port) as proxy:
+        yield proxy
+
+
+async def exchange(ws: ResumableWebSocket, count: int, ticks: int, proxy: CuttingProxy, cuts: list[float],
+                   interval: float = 0.01) -> list[str]:
+    """Send ``count`` numbered messages while reading everything; cut the connection at the given
+    fractions of the sending; return what arrived (echoes and ticks) once all is in."""
+    received: list[str] = []
+
+    async def reader() -> None:
+        while True:
+            message = await ws.recv()
+            assert isinstance(message, str)
+            received.append(message)
+            if sum(m.startswith("echo:") for m in received) == count and \
+                    sum(m.startswith("tick:") for m in received) == ticks:
+                return
+
+    reading = asyncio.ensure_future(reader())
+    cut_at = {int(count * fraction) for fraction in cuts}
+    for seq in range(count):
+        if seq in cut_at:
+            proxy.cut()
+        await ws.send(f"m{seq}")
+        await asyncio.sleep(interval)
+    await asyncio.wait_for(reading, scaled(30))
+    return received
+
+
+def app_saw(records: Path, client: int) -> list[str]:
+    path = records / f"{client}.txt"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+@pytest.mark.timeout(int(scaled(90)))
+async def test_cuts_mid_stream_are_resumed_exactly_once_in_order_and_the_app_sees_one_connection(
+    make_gateway: Callable[..., GatewayProcess], record_app: tuple[Upstream, Path]
+) -> None:
+    """Three cuts while both sides send: every message once, in order, both ways; one app connection."""
+    app, records = record_app
+    gw = make_gateway(app.url, RESUME)
+    count, ticks = 200, 150
+    async with proxied(gw) as proxy:
+        ws = ResumableWebSocket(f"{proxy.url}/ws/stream?client=1&ticks={ticks}&interval_ms=15")
+        await ws.connect()
+        received = await exchange(ws, count, ticks, proxy, cuts=[0.2, 0.5, 0.8])
+        await ws.close()
+    echoes = [m for m in received if m.startswith("echo:")]
+    assert echoes == [f"echo:m{seq}" for seq in range(count)]
+    assert [m for m in received if m.startswith("tick:")] == [f"tick:{n}" for n in range(1, ticks + 1)]
+    assert ws.resumes == 3 and proxy.accepted == 4
+    await async_wait_until(lambda: app_saw(records, 1)[-1:] == ["closed 1000"], 10, "the app to see the close")
+    assert app_saw(records, 1) == ["open", *(f"m{seq}" for seq in range(count)), "closed 1000"]
+    assert await gw.metric("ws_gateway_client_resumes_total", result="resumed") == 3
+    assert await gw.metric("ws_gateway_client_gap_seconds_count") == 3
+    lines = await gw.wait_session_log(1)
+    assert lines[0]["client_code"] == 1000 and lines[0]["messages_in"] == count
+
+
+@pytest.mark.timeout(int(scaled(60)))
+async def test_a_cut_longer_than_the_grace_period_resets_and_the_app_hears_a_client_loss(
+    make_gateway: Callable[..., GatewayProcess], record_app: tuple[Upstream, Path]
+) -> None:
+    app, records = record_app
+    gw = make_gateway(app.url, {"resume": {"grace": "1s"}})
+    async with proxied(gw) as proxy:
+        ws = ResumableWebSocket(f"{proxy.url}/ws/stream?client=2")
+        await ws.connect()
+        await ws.send("before")
+        assert await ws.recv() == "echo:before"
+        proxy.refusing = True
+        proxy.cut()
+        await async_wait_until(lambda: "closed 1001" in app_saw(records, 2), 10, "the app to hear the client loss")
+        proxy.refusing = False
+        with pytest.raises(ResumeReset):
+            await asyncio.wait_for(ws.recv(), scaled(10))
+    assert app_saw(records, 2) == ["open", "before", "closed 1001"]
+    assert await gw.metric("ws_gateway_client_resumes_total", result="expired") == 1
+    lines = await gw.wait_session_log(1)
+    # the same close as a plain client that drops: 1001 to the app, cause abnormal (docs/metrics.md)
+    assert lines[0]["upstream_code"] == 1001 and lines[0]["cause"] == "abnormal", lines[0]
+
+
+async def resume_with(gw: GatewayProcess, token: str, received: int = 0) -> tuple[int, str]:
+    client = await RawClient.connect(gw.port, "/ws/stream?client=9", headers={
+        "Sec-WebSocket-Protocol": f"{MARKER}, ws-gateway.resume.{token}.{received}"})
+    try:
+        assert client.status == 101, client.head
+        code, reason, _ = await client.read_until_close()
+        return code, reason
+    finally:
+        client.close()
+
+
+async def test_forged_malformed_and_reused_tokens_are_refused_alike(
+    make_gateway: Callable[..., GatewayProcess], record_app: tuple[Upstream, Path]
+) -> None:
+    app, records = record_app
+    gw = make_gateway(app.url, RESUME)
+    refused = (RESUME_REFUSED, "session cannot be resumed")
+    assert await resume_with(gw, "A" * 32) == refused  # forged
+    assert await resume_with(gw, "short") == refused  # malformed
+    async with proxied(gw) as proxy:
+        ws = ResumableWebSocket(f"{proxy.url}/ws/stream?client=3")
+        await ws.connect()
+        first_token = ws._token
+        await ws.send("one")
+        assert await ws.recv() == "echo:one"
+        proxy.cut()
+        await ws.send("two")
+        assert await ws.recv() == "echo:two"
+        assert ws.resumes == 1 and ws._token != first_token
+        assert await resume_with(gw, first_token, 1) == refused  # used once: replaced at the resume
+        await ws.send("three")  # the session is unharmed by the refused attempts
+        assert await ws.recv() == "echo:three"
+        await ws.close()
+    assert await gw.metric("ws_gateway_client_resumes_total", result="refused") == 3
+    assert app_saw(records, 9) == [], "a refused resume never reaches the app"
+    await async_wait_until(lambda: app_saw(records, 3)[-1:] == ["closed 1000"], 10, "the close")
+    assert app_saw(records, 3) == ["open", "one", "two", "three", "closed 1000"]
+
+
+async def test_plain_clients_and_the_app_never_see_the_gateways_subprotocol_entries(
+    make_gateway: Callable[..., GatewayProcess], upstream: Upstream
+) -> None:
+    """The marker is taken out of the offer; the app's own choice is kept; plain clients get no hello."""
+    gw = make_gateway(upstream.url, RESUME)
+    ws = ResumableWebSocket(f"ws://{HOST}:{gw.port}/ws/request")
+    await ws.connect()
+    info = json.loads(await ws.recv())
+    assert info["subprotocols"] == [] and ws.subprotocol is None
+    await ws.close()
+    chat = ResumableWebSocket(f"ws://{HOST}:{gw.port}/ws/echo", ["chat.v1"])
+    await chat.connect()
+    assert chat.subprotocol == "chat.v1"
+    await chat.send("hi")
+    assert await chat.recv() == "hi"
+    await chat.close()
+    plain = await RawClient.connect(gw.port, "/ws/echo")
+    plain.send(client_frame(0x1, b"plain"))
+    assert await plain.read_message() == (0x1, b"plain")  # no hello first
+    plain.close()
