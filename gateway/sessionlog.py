@@ -56,8 +56,8 @@ class SessionRecord:
     client_resumes: int = 0
     """Times a resumable client dropped and was spliced back in (docs/resume.md)."""
     compressed: bool = False
-    """permessage-deflate was agreed with the client (bytes_in/bytes_out count payload as the client
-    leg carried it: compressed where a message was compressed)."""
+    """permessage-deflate was agreed with the client. ``bytes_in`` then counts the client's payload as
+    it sent it (compressed where compressed), ``bytes_out`` the app's as the app sent it (plain)."""
 
 
 _FIELDS: Final = tuple(field.name for field in dataclasses.fields(SessionRecord))

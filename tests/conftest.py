@@ -47,3 +47,11 @@ def make_upstream(tmp_path: Path) -> Iterator[Callable[..., Upstream]]:
 def gateway(make_gateway: Callable[..., GatewayProcess], upstream: Upstream) -> GatewayProcess:
     """A gateway with default settings in front of the shared upstream."""
     return make_gateway(upstream.url)
+
+
+@pytest.fixture
+def record_app(make_upstream: Callable[..., Upstream], tmp_path: Path) -> tuple[Upstream, Path]:
+    """tests/recording_app.py under uvicorn, and the directory its per-client record files go to."""
+    records = tmp_path / "records"
+    records.mkdir()
+    return make_upstream(app="tests.recording_app:app", env={"RECORD_DIR": str(records)}), records

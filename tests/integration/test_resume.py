@@ -86,13 +86,6 @@ class CuttingProxy:
             self._pairs.discard(pair)
 
 
-@pytest.fixture
-def record_app(make_upstream: Callable[..., Upstream], tmp_path: Path) -> tuple[Upstream, Path]:
-    records = tmp_path / "records"
-    records.mkdir()
-    return make_upstream(app="tests.recording_app:app", env={"RECORD_DIR": str(records)}), records
-
-
 @contextlib.asynccontextmanager
 async def proxied(gw: GatewayProcess) -> AsyncIterator[CuttingProxy]:
     async with CuttingProxy(gw.port) as proxy:
