@@ -9,8 +9,11 @@ arrive) and ``behaviorClose`` (was the closing handshake right). Both are compar
 
 * Passing, rank 0: ``OK``, ``NON-STRICT`` (passed, though not in the strictest way the RFC
   allows), ``INFORMATIONAL`` (the case has no pass/fail, e.g. which close code came back) and
-  ``UNIMPLEMENTED`` (an optional extension, permessage-deflate, was not negotiated: the gateway
-  drops the offer on purpose).
+  ``UNIMPLEMENTED`` (an optional extension, permessage-deflate, was not negotiated: declining it
+  is allowed; on the upstream-facing leg neither the gateway nor the echo client offers it, by
+  design). On the client-facing leg the gateway runs with compression on, so an ``UNIMPLEMENTED``
+  there against a control's ``OK`` means it declined an offer: rank-equal, so it is listed as a
+  difference, and ``tests/integration/test_conformance.py`` fails on it.
 * Failing, by how much is wrong, in the order Autobahn's own close check tests them (so the first
   criterion a case breaks is its verdict): ``FAILED BY CLIENT`` rank 1 (the closing handshake
   completed but the server did not close TCP, so the suite had to: RFC 6455 7.1.1 says the server

@@ -21,7 +21,14 @@ case by ``--case-timeout``).
 Exit status: 0 when the gateway is nowhere worse than its control, 1 when it is worse on some case,
 2 when the harness could not produce a complete result (timeout, a process died, no report).
 
-Usage: ``python -m conformance.run [--cases '1.*,7.*'] [--legs client,upstream] [--summary FILE]``
+Compression: the client-facing gateway runs with ``client.compression.enabled: true`` and its
+control (uvicorn) with permessage-deflate on, so 12.x/13.x are negotiated on that leg; upstream
+neither the gateway nor the echo client offers it, so there they are ``UNIMPLEMENTED`` on both
+sides. All 216 compression cases take many minutes, so a run keeps 60 of them (every data set and
+parameter set, small and fragmented messages) unless ``--compression-cases`` is given.
+
+Usage: ``python -m conformance.run [--cases '1.*,7.*'] [--legs client,upstream] [--compression-cases]
+[--summary FILE]``
 """
 
 from __future__ import annotations
@@ -61,6 +68,21 @@ DEFAULT_ROOTFS: Final = Path(os.environ.get("WS_GATEWAY_AUTOBAHN_ROOT",
                                             Path.home() / ".cache/ws-gateway/autobahn-bullseye"))
 DEFAULT_OUT: Final = ROOT / "build" / "conformance"
 CHROOT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+#: Cases in Autobahn|Testsuite 25.10.1, all groups.
+SUITE_CASES: Final = 517
+#: The permessage-deflate cases (RFC 7692) as wstest 25.10.1 numbers them: 12.1-12.5 send five data
+#: sets with the default offer, 13.1-13.7 one data set under seven offer/accept parameter sets.
+#: Every subgroup has the same 18 cases of 1000 messages each, one at a time: 1-10 are 16 B, 64 B,
+#: 256 B, 1 KiB, 4 KiB, 8 KiB, ... 128 KiB unfragmented; 11-18 are 8 KiB to 128 KiB messages
+#: auto-fragmented to 256 B to 32 KiB frames. All 216 take many minutes (docs/conformance.md).
+COMPRESSION_SUBGROUPS: Final = (*(f"12.{j}" for j in range(1, 6)), *(f"13.{j}" for j in range(1, 8)))
+COMPRESSION_CASES_PER_SUBGROUP: Final = 18
+#: What a run keeps of each compression subgroup without ``--compression-cases``: 1-4 (1000
+#: messages of 16 B, 64 B, 256 B, 1 KiB) and 11 (8 KiB messages in 256-byte frames: RSV1 on the
+#: first frame only, continuation frames inflated). That is every data set and every negotiation
+#: parameter set, 60 cases in all: about 55 s of case time on the client-facing leg, gateway and control.
+DEFAULT_COMPRESSION_CASES: Final = (1, 2, 3, 4, 11)
 
 GATEWAY_AGENT: Final = "ws-gateway"
 UVICORN_AGENT: Final = "uvicorn-direct"
@@ -113,6 +135,22 @@ sys.exit(wstest.run())
 
 class HarnessError(Exception):
     """The harness could not run the suite to the end (not a conformance result)."""
+
+
+def compression_case_ids(kept: Sequence[int] | None = None) -> list[str]:
+    """The ids of the 216 permessage-deflate cases, or of those numbered ``kept`` in each subgroup."""
+    return [f"{group}.{n}" for group in COMPRESSION_SUBGROUPS for n in range(1, COMPRESSION_CASES_PER_SUBGROUP + 1)
+            if kept is None or n in kept]
+
+
+def excluded_cases(all_compression: bool, named: Sequence[str] = ()) -> list[str]:
+    """What the specs' ``exclude-cases`` get: without ``--compression-cases``, the compression cases
+    a run leaves out (all but ``DEFAULT_COMPRESSION_CASES`` of each subgroup); a case ``named``
+    exactly (``--cases 12.2.10``) is never left out."""
+    if all_compression:
+        return []
+    kept = set(compression_case_ids(DEFAULT_COMPRESSION_CASES))
+    return [case for case in compression_case_ids() if case not in kept and case not in named]
 
 
 # --- processes -----------------------------------------------------------------------------------
@@ -206,26 +244,35 @@ def chroot_command(rootfs: Path, *args: str) -> list[str]:
 
 
 def start_uvicorn(procs: Processes) -> int:
-    """The example app under uvicorn on a free port, limits raised, keepalive out of the way."""
+    """The example app under uvicorn on a free port, limits raised, keepalive out of the way.
+
+    permessage-deflate stays on (uvicorn's default): the client-facing control, the suite straight
+    to uvicorn, must negotiate it as the gateway does, or 12.x/13.x would compare a compressed run
+    with an ``UNIMPLEMENTED`` one. The same uvicorn is the gateway's upstream, and there it never
+    compresses: the gateway terminates compression, never forwards Sec-WebSocket-Extensions and
+    offers nothing upstream, so uvicorn gets no offer on that connection.
+    """
     port = free_port()
     managed = procs.start(f"uvicorn-{port}", [
         sys.executable, "-m", "uvicorn", "examples.app:app", "--host", HOST, "--port", str(port),
         "--log-level", "warning", "--ws-max-size", str(MAX_MESSAGE), "--ws-ping-interval", UVICORN_PING_INTERVAL,
-        # The gateway drops permessage-deflate offers, so the gateway's upstream never deflates;
-        # the control must not either, or 12.x/13.x would compare compressed with uncompressed.
-        "--ws-per-message-deflate", "false",
+        "--ws-per-message-deflate", "true",
     ], cwd=ROOT)
     procs.wait_listening(managed, port)
     return port
 
 
 def gateway_config(port: int, admin_port: int, upstream_url: str) -> dict[str, Any]:
-    """The gateway's configuration for a run: loopback, limits above the suite's, no keepalive pings."""
+    """The gateway's configuration for a run: loopback, limits above the suite's, no keepalive pings,
+    permessage-deflate on for clients (set here, so a run does not depend on the default; the
+    other ``client.compression`` settings are the defaults). Upstream there is nothing to set: the
+    gateway never offers compression to the app, so the upstream-facing leg's 12.x/13.x are
+    ``UNIMPLEMENTED`` by design."""
     return {
         "listen": f"{HOST}:{port}",
         "admin_listen": f"{HOST}:{admin_port}",
         "log_level": "info",
-        "client": {"ping_interval": 0, "max_message_size": MAX_MESSAGE},
+        "client": {"ping_interval": 0, "max_message_size": MAX_MESSAGE, "compression": {"enabled": True}},
         "upstream": {"url": upstream_url, "ping_interval": 0, "max_message_size": MAX_MESSAGE},
         "drain": {"listener_delay": "0s", "spread": "200ms", "timeout": "5s"},
     }
@@ -256,7 +303,7 @@ class ChrootDir:
 
 
 def run_client_leg(procs: Processes, rootfs: Path, scratch: ChrootDir, outdir: ChrootDir, work: Path,
-                   gateway_src: Path, cases: list[str], deadline: float) -> None:
+                   gateway_src: Path, cases: list[str], exclude: list[str], deadline: float) -> None:
     """fuzzingclient against the gateway (in front of uvicorn) and against uvicorn directly; reports in ``outdir``."""
     uvicorn_port = start_uvicorn(procs)
     gateway_port = start_gateway(procs, work, gateway_src, f"ws://{HOST}:{uvicorn_port}", "gateway-client-leg")
@@ -267,7 +314,7 @@ def run_client_leg(procs: Processes, rootfs: Path, scratch: ChrootDir, outdir: C
             {"agent": UVICORN_AGENT, "url": f"ws://{HOST}:{uvicorn_port}/ws/echo"},
         ],
         "cases": cases,
-        "exclude-cases": [],
+        "exclude-cases": exclude,
         "exclude-agent-cases": {},
     }
     spec_file = scratch.sub("fuzzingclient.json")
@@ -289,6 +336,10 @@ async def echo_case(url: str, timeout: float) -> str | None:
 
     Returns None when the case ran to its close (however it closed: failing the connection is
     the right answer to many cases), or a sentence saying what went wrong on our side.
+
+    ``compression=None``: the echo client offers no permessage-deflate, like the gateway towards
+    its upstream (it never offers compression there), so on the upstream-facing leg 12.x/13.x are
+    ``UNIMPLEMENTED`` for the gateway and for the control alike and compare equal.
     """
     try:
         async with asyncio.timeout(timeout):
@@ -343,7 +394,8 @@ async def echo_all(agents: list[tuple[str, int]], fuzz_port: int, count: int, ca
 
 
 def run_upstream_leg(procs: Processes, rootfs: Path, scratch: ChrootDir, outdir: ChrootDir, work: Path,
-                     gateway_src: Path, cases: list[str], case_timeout: float, deadline: float) -> dict[str, Any]:
+                     gateway_src: Path, cases: list[str], exclude: list[str], case_timeout: float,
+                     deadline: float) -> dict[str, Any]:
     """Our echo client through the gateway to fuzzingserver, and straight to it; reports in ``outdir``.
 
     Returns what the echo client and the fuzzing server's log say about the run: the client's own
@@ -351,7 +403,7 @@ def run_upstream_leg(procs: Processes, rootfs: Path, scratch: ChrootDir, outdir:
     """
     fuzz_port = free_port()
     spec = {"url": f"ws://{HOST}:{fuzz_port}", "outdir": outdir.inside, "cases": cases,
-            "exclude-cases": [], "exclude-agent-cases": {}}
+            "exclude-cases": exclude, "exclude-agent-cases": {}}
     spec_file = scratch.sub("fuzzingserver.json")
     spec_file.host.write_text(json.dumps(spec, indent=2), encoding="utf-8")
     wrapper = scratch.sub("wstest_loopback.py")
@@ -424,7 +476,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(prog="python -m conformance.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", default="*",
-                        help="comma-separated case patterns as wstest takes them, e.g. '1.*,2.*,7.*' (default: all)")
+                        help="comma-separated case patterns as wstest takes them, e.g. '1.*,2.*,7.*' (default: all, "
+                             "but see --compression-cases)")
+    parser.add_argument("--compression-cases", action="store_true",
+                        help="run all 216 permessage-deflate cases (12.x, 13.x) that --cases selects; without "
+                             f"it only cases {', '.join(map(str, DEFAULT_COMPRESSION_CASES))} of each of the 12 "
+                             "compression subgroups run (60 cases), unless a case is named exactly in --cases")
     parser.add_argument("--legs", default=",".join(LEGS), help="which legs to run: client, upstream or both")
     parser.add_argument("--reports-dir", type=Path, default=DEFAULT_OUT / "reports",
                         help="where the raw reports and process logs go (default: build/conformance/reports)")
@@ -440,6 +497,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.case_list = [c.strip() for c in args.cases.split(",") if c.strip()]
     args.leg_list = [leg.strip() for leg in args.legs.split(",") if leg.strip()]
+    args.exclude_list = excluded_cases(args.compression_cases, args.case_list)
     unknown = sorted(set(args.leg_list) - set(LEGS))
     if unknown or not args.leg_list or not args.case_list:
         parser.error(f"--legs takes {', '.join(LEGS)} (got {args.legs!r}); --cases must name at least one case")
@@ -482,11 +540,11 @@ def run_legs(args: argparse.Namespace, reports_dir: Path, summary: dict[str, Any
                 try:
                     if leg == "client":
                         run_client_leg(procs, args.rootfs, scratch, outdir, work, gateway_src, args.case_list,
-                                       deadline=args.deadline)
+                                       args.exclude_list, deadline=args.deadline)
                     else:
                         summary["upstream_leg_notes"] = run_upstream_leg(
                             procs, args.rootfs, scratch, outdir, work, gateway_src, args.case_list,
-                            args.case_timeout, deadline=args.deadline)
+                            args.exclude_list, args.case_timeout, deadline=args.deadline)
                 finally:
                     procs.stop_all()
                     procs.started.clear()
@@ -540,10 +598,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary: dict[str, Any] = {
         "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "cases": args.case_list,
+        "compression_cases": "all" if args.compression_cases else "subset",
+        "exclude_cases": args.exclude_list,
         "legs": {},
         "reports_dir": str(reports_dir),
         "summary_path": str(args.summary.resolve()),
     }
+    if args.exclude_list:
+        print(f"compression cases (12.x, 13.x): {len(compression_case_ids()) - len(args.exclude_list)} of "
+              f"{len(compression_case_ids())} at most (cases {', '.join(map(str, DEFAULT_COMPRESSION_CASES))} of each "
+              "subgroup); --compression-cases runs them all", flush=True)
     error: str | None = None
     results: list[LegResult] = []
     try:
