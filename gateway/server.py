@@ -309,8 +309,9 @@ class Gateway:
             WriteFlow(upstream.protocol.is_paused, upstream.protocol.wait_resumed),
             compression=agreement,
         )
-        if session.resume is not None:
-            session.client.text_log = session.resume.log
+        if session.resume is not None:  # the client leg confirms the replay log and records notices in it
+            session.client.text_log, session.client.pong_listener = session.resume.log, session.resume
+            session.resume.send_ping = session.client.send_ping
         upstream.protocol.attach(session.upstream.scanner.feed, session.upstream.transport_lost, upstream.first_bytes)
         client_protocol.set_parser(_ClientFeeder(session))  # type: ignore[arg-type]
         return response, session

@@ -115,6 +115,23 @@ ROWS = [
               "too_large: replay limits; refused: a message the app refused or failed on (client closed).",
               stacked=True, width=12),
     ]),
+    Row("Client resume", [
+        Panel("Client drops and resumes by result", "ops",
+              [(f"sum by (result) (rate(ws_gateway_client_resumes_total{sel()}[{RATE}]))", "{{result}}")],
+              "Resumable clients that dropped: resumed (spliced back onto the same app connection), expired "
+              "(not back within resume.grace), overflow (replay log full while away); refused: resume "
+              "attempts closed with 4410 (without matching expiries: resumes reaching another pod).",
+              stacked=True, width=12),
+        Panel("Client gap p50 / p99", "s",
+              [(f"histogram_quantile({q}, sum by (le) "
+                f"(rate(ws_gateway_client_gap_seconds_bucket{sel()}[{RATE}])))", label)
+               for q, label in (("0.5", "p50"), ("0.99", "p99"))],
+              "How long resumed clients were away; compare with resume.grace.", width=6),
+        Panel("Messages re-sent on resume", "ops",
+              [(f"sum(rate(ws_gateway_client_resume_replayed_messages_total{sel()}[{RATE}]))", "re-sent")],
+              "The app's messages re-sent to resumed clients (unconfirmed before the drop, or sent during it).",
+              width=6),
+    ]),
     Row("Keepalive", [
         Panel("Ping round trip p50 / p99", "s",
               [(f"histogram_quantile(0.5, sum by (le, leg) (rate(ws_gateway_ping_rtt_seconds_bucket{sel()}[{RATE}])))",

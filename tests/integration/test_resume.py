@@ -149,6 +149,31 @@ async def test_cuts_mid_stream_are_resumed_exactly_once_in_order_and_the_app_see
 
 
 @pytest.mark.timeout(int(scaled(60)))
+async def test_confirmations_keep_the_replay_log_small_so_a_long_session_still_resumes(
+    make_gateway: Callable[..., GatewayProcess], record_app: tuple[Upstream, Path]
+) -> None:
+    """Ten times resume.buffer_bytes of echoes before the cut: confirmation pings trimmed the log, so it resumes."""
+    app, records = record_app
+    gw = make_gateway(app.url, {"resume": {"grace": "3s", "buffer_bytes": "32KiB", "confirm_interval": "50ms"}})
+    payload = "x" * 1000
+    async with proxied(gw) as proxy:
+        ws = ResumableWebSocket(f"{proxy.url}/ws/stream?client=4")
+        await ws.connect()
+        for seq in range(320):  # 320 kB echoed, over about 1.6 s
+            await ws.send(f"{seq}:{payload}")
+            assert await ws.recv() == f"echo:{seq}:{payload}"
+            await asyncio.sleep(0.005)
+        proxy.cut()
+        await ws.send("after the cut")
+        assert await ws.recv() == "echo:after the cut"
+        assert ws.resumes == 1
+        await ws.close()
+    assert await gw.metric("ws_gateway_client_resumes_total", result="resumed") == 1
+    await async_wait_until(lambda: app_saw(records, 4)[-1:] == ["closed 1000"], 10, "the close")
+    assert app_saw(records, 4).count("open") == 1
+
+
+@pytest.mark.timeout(int(scaled(60)))
 async def test_a_cut_longer_than_the_grace_period_resets_and_the_app_hears_a_client_loss(
     make_gateway: Callable[..., GatewayProcess], record_app: tuple[Upstream, Path]
 ) -> None:

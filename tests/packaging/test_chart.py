@@ -133,6 +133,12 @@ def test_optional_resources_when_enabled() -> None:
     config_map = next(d for d in by_kind(documents, "ConfigMap") if d["data"].get("gateway.yaml"))
     ping_interval = yaml.safe_load(config_map["data"]["gateway.yaml"])["client"]["ping_interval"]
     assert read_timeout == 60 and int(ping_interval.rstrip("s")) < read_timeout
+    # Client resume needs the resuming connection on the same pod (docs/resume.md): cookie affinity.
+    assert annotations["nginx.ingress.kubernetes.io/affinity"] == "cookie"
+    assert annotations["nginx.ingress.kubernetes.io/session-cookie-name"] == "ws-gateway-pod"
+    without = render({**load_values(CHART / "ci" / "full-values.yaml"),
+                      "ingress": {"enabled": True, "host": "ws.example.com", "sessionAffinity": False}})
+    assert "nginx.ingress.kubernetes.io/affinity" not in by_kind(without, "Ingress")[0]["metadata"]["annotations"]
     pod = by_kind(documents, "Deployment")[0]["spec"]["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] == 45, "drain.timeout 40s + 5s"
 
