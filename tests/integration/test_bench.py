@@ -60,3 +60,20 @@ def test_quick_compression_measurement_counts_the_client_leg_exactly() -> None:
         [cell.strip() for cell in line.split("|")[1:-1]] for line in result.stdout.splitlines()
         if line.startswith("| 12 / 5 | takeover |"))]
     assert termination and termination[0][2] == direct[3], "zlib with uvicorn's settings gives the direct bytes"
+
+
+def test_quick_resume_cost_measures_plain_and_resumable_sessions() -> None:
+    """`python -m bench.resume_cpu --quick`: NGINX, the gateway with a plain client and with the resumable
+    helper, each measured (relay and app CPU per message) and compared with NGINX."""
+    result = subprocess.run([sys.executable, "-m", "bench.resume_cpu", "--quick"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=scaled(120), check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[1:-1]]
+            for line in result.stdout.splitlines() if line.startswith("| ") and not line.startswith("| path")}
+    assert set(rows) == {"NGINX -> uvicorn, plain client", "ws-gateway -> uvicorn, plain client",
+                         "ws-gateway -> uvicorn, resumable client"}, result.stdout
+    for name, cells in rows.items():
+        # A quick run is too short for CPU clock ticks to mean anything: it checks each path ran and was
+        # measured (numbers, a ratio where NGINX's figure is not zero), not the figures.
+        assert float(cells[1]) >= 0 and float(cells[3]) >= 0, (name, cells)
+        assert cells[2].endswith("x") or cells[2] == "-", (name, cells)
