@@ -256,3 +256,25 @@ async def test_plain_clients_and_the_app_never_see_the_gateways_subprotocol_entr
     plain.send(client_frame(0x1, b"plain"))
     assert await plain.read_message() == (0x1, b"plain")  # no hello first
     plain.close()
+
+
+async def test_a_resume_passes_the_same_origin_check_as_a_new_session(
+    make_gateway: Callable[..., GatewayProcess], record_app: tuple[Upstream, Path]
+) -> None:
+    """client.allowed_origins applies to resumes: a resume from another origin gets 403, not a session."""
+    app, _ = record_app
+    gw = make_gateway(app.url, {**RESUME, "client": {"allowed_origins": ["https://app.example.com"]}})
+    async with proxied(gw) as proxy:
+        ws = ResumableWebSocket(f"{proxy.url}/ws/stream?client=8", origin="https://app.example.com")
+        await ws.connect()
+        token = ws._token
+        await ws.send("one")
+        assert await ws.recv() == "echo:one"
+        client = await RawClient.connect(gw.port, "/ws/stream?client=8", headers={
+            "Origin": "https://evil.example.com", "Sec-WebSocket-Protocol": f"{MARKER}, ws-gateway.resume.{token}.1"})
+        assert client.status == 403, client.head
+        client.close()
+        await ws.send("two")  # the session is untouched
+        assert await ws.recv() == "echo:two"
+        await ws.close()
+    assert await gw.metric("ws_gateway_handshake_failures_total", status="403") == 1

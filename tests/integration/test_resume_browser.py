@@ -124,6 +124,40 @@ async def test_chromium_with_the_js_helper_resumes_cuts_mid_stream(
     assert await gw.metric("ws_gateway_client_resumes_total", result="resumed") == 2
 
 
+@pytest.mark.timeout(int(scaled(60)))
+async def test_chromium_gets_reset_when_the_cut_outlasts_the_grace_period(
+    tmp_path: Path, make_gateway: Callable[..., GatewayProcess], record_app: tuple[Upstream, Path]
+) -> None:
+    """The proxy refuses connections longer than resume.grace: the page gets 'reset', then close 4410;
+    the app hears a client loss (1001)."""
+    app, records = record_app
+    gw = make_gateway(app.url, {"resume": {"grace": "1s"}})
+    browser, port_file = start_chromium(tmp_path)
+    try:
+        async with static_site() as site, CuttingProxy(gw.port) as proxy, aiohttp.ClientSession() as http:
+            page = await attach(http, browser, port_file)
+            try:
+                await page.navigate(site + "/")
+                url = json.dumps(f"{proxy.url}/ws/stream?client=7")
+                assert await page.evaluate(PAGE_SESSION.replace("URL", url, 1).replace("COUNT", "5"))
+                await async_wait_until_page(page, lambda s: len(s["received"]) == 5, "5 echoes")
+                proxy.refusing = True
+                proxy.cut()
+                await async_wait_until_page(page, lambda s: any(e.startswith("close") for e in s["events"]),
+                                            "the page to give up")
+                state = await page_state(page)
+                ready_state = await page.evaluate("window.ws.readyState")
+            finally:
+                await page.close()
+    finally:
+        browser.stop()
+    events = state["events"]
+    assert events[0] == "open" and events[-2].startswith("reset ") and events[-1] == "close 4410", events
+    assert ready_state == 3  # CLOSED
+    await async_wait_until(lambda: "closed 1001" in app_saw(records, 7), 10, "the app to hear the client loss")
+    assert app_saw(records, 7) == ["open", *(f"m{i}" for i in range(5)), "closed 1001"]
+
+
 async def async_wait_until_page(page: DevTools, condition: Callable[[dict[str, Any]], bool], what: str,
                                 timeout: float = 15) -> None:
     """Poll the page's ``window.state`` until ``condition`` holds."""
