@@ -35,10 +35,11 @@ async def record(websocket: WebSocket, client: int) -> None:
 
 
 @app.websocket("/ws/stream")
-async def stream(websocket: WebSocket, client: int, ticks: int = 0, interval_ms: int = 20) -> None:
+async def stream(websocket: WebSocket, client: int, ticks: int = 0, interval_ms: int = 20, pad: int = 0) -> None:
     """Resume tests: record ``open``, each received text and ``closed <code>`` in ``$RECORD_DIR/N.txt``;
     echo each text as ``echo:<text>``, and meanwhile send ``tick:1`` ... ``tick:<ticks>`` every
-    ``interval_ms``. One ``open`` line per connection: a resumed session shows exactly one."""
+    ``interval_ms`` (each followed by ``pad`` bytes of padding when asked). One ``open`` line per
+    connection: a resumed session shows exactly one."""
     import asyncio
 
     fd = os.open(RECORD_DIR / f"{client}.txt", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -48,7 +49,7 @@ async def stream(websocket: WebSocket, client: int, ticks: int = 0, interval_ms:
     async def tick() -> None:
         for n in range(1, ticks + 1):
             await asyncio.sleep(interval_ms / 1000)
-            await websocket.send_text(f"tick:{n}")
+            await websocket.send_text(f"tick:{n}" + ("|" + "x" * pad if pad else ""))
 
     ticker = asyncio.ensure_future(tick())
     try:

@@ -28,6 +28,7 @@ class CuttingProxy:
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
+        """Where new connections go (a test may point it at another gateway)."""
         self.port = 0
         self.accepted = 0
         self.refusing = False
@@ -145,7 +146,7 @@ async def test_cuts_mid_stream_are_resumed_exactly_once_in_order_and_the_app_see
     assert await gw.metric("ws_gateway_client_resumes_total", result="resumed") == 3
     assert await gw.metric("ws_gateway_client_gap_seconds_count") == 3
     lines = await gw.wait_session_log(1)
-    assert lines[0]["client_code"] == 1000 and lines[0]["messages_in"] == count
+    assert lines[0]["client_code"] == 1000 and lines[0]["messages_in"] == count and lines[0]["client_resumes"] == 3
 
 
 @pytest.mark.timeout(int(scaled(60)))
@@ -195,6 +196,54 @@ async def test_a_cut_longer_than_the_grace_period_resets_and_the_app_hears_a_cli
     lines = await gw.wait_session_log(1)
     # the same close as a plain client that drops: 1001 to the app, cause abnormal (docs/metrics.md)
     assert lines[0]["upstream_code"] == 1001 and lines[0]["cause"] == "abnormal", lines[0]
+
+
+@pytest.mark.timeout(int(scaled(60)))
+async def test_the_app_sending_past_the_buffer_while_the_client_is_away_ends_the_session_at_once(
+    make_gateway: Callable[..., GatewayProcess], record_app: tuple[Upstream, Path]
+) -> None:
+    """resume.buffer_bytes bounds what an absent client costs: past it the app's leg is closed (1001) before
+    the grace period ends, counted as overflow, and the late resume gets 4410."""
+    app, records = record_app
+    gw = make_gateway(app.url, {"resume": {"grace": "20s", "buffer_bytes": "16KiB", "confirm_interval": "50ms"}})
+    async with proxied(gw) as proxy:
+        ws = ResumableWebSocket(f"{proxy.url}/ws/stream?client=10&ticks=400&interval_ms=5&pad=500")
+        await ws.connect()
+        assert str(await ws.recv()).startswith("tick:1|")
+        proxy.refusing = True
+        proxy.cut()
+        # 400 ticks of ~510 bytes take about 2 s: far sooner than the 20 s grace.
+        await async_wait_until(lambda: "closed 1001" in app_saw(records, 10), 10, "the app's leg to be closed")
+        assert await gw.metric("ws_gateway_client_resumes_total", result="overflow") == 1
+        proxy.refusing = False
+        with pytest.raises(ResumeReset):
+            while True:
+                await asyncio.wait_for(ws.recv(), scaled(10))
+    assert await gw.metric("ws_gateway_client_resumes_total", result="refused") == 1
+
+
+@pytest.mark.timeout(int(scaled(60)))
+async def test_a_resume_that_reaches_another_gateway_is_refused_and_the_first_session_expires(
+    make_gateway: Callable[..., GatewayProcess], record_app: tuple[Upstream, Path]
+) -> None:
+    """Without affinity the resume lands on another pod: 4410 there (same as an unknown token), and the
+    session on the first pod ends after its grace period as a client loss."""
+    app, records = record_app
+    first = make_gateway(app.url, {"resume": {"grace": "2s"}})
+    other = make_gateway(app.url, {"resume": {"grace": "2s"}})
+    async with proxied(first) as proxy:
+        ws = ResumableWebSocket(f"{proxy.url}/ws/stream?client=11")
+        await ws.connect()
+        await ws.send("one")
+        assert await ws.recv() == "echo:one"
+        proxy.target_port = other.port
+        proxy.cut()
+        with pytest.raises(ResumeReset, match="resume refused"):
+            await asyncio.wait_for(ws.recv(), scaled(10))
+    assert await other.metric("ws_gateway_client_resumes_total", result="refused") == 1
+    await async_wait_until(lambda: "closed 1001" in app_saw(records, 11), 15, "the first session to expire")
+    assert await first.metric("ws_gateway_client_resumes_total", result="expired") == 1
+    assert app_saw(records, 11) == ["open", "one", "closed 1001"]
 
 
 async def resume_with(gw: GatewayProcess, token: str, received: int = 0) -> tuple[int, str]:
