@@ -261,8 +261,8 @@ class RawClient:
     def send(self, data: bytes) -> None:
         self.writer.write(data)
 
-    async def read_frame(self, timeout: float = 10) -> tuple[bool, int, bytes]:
-        """(fin, opcode, payload) of the next frame; raises on EOF."""
+    async def read_raw(self, timeout: float = 10) -> tuple[int, bytes]:
+        """(first header byte, payload) of the next frame, reserved bits included; raises on EOF."""
         async with asyncio.timeout(scaled(timeout)):
             b0, b1 = await self.reader.readexactly(2)
             length = b1 & 0x7F
@@ -271,7 +271,11 @@ class RawClient:
             elif length == 127:
                 length = struct.unpack("!Q", await self.reader.readexactly(8))[0]
             assert not b1 & 0x80, "server frames must not be masked"
-            payload = await self.reader.readexactly(length)
+            return b0, await self.reader.readexactly(length)
+
+    async def read_frame(self, timeout: float = 10) -> tuple[bool, int, bytes]:
+        """(fin, opcode, payload) of the next frame; raises on EOF."""
+        b0, payload = await self.read_raw(timeout)
         return bool(b0 & 0x80), b0 & 0x0F, payload
 
     async def read_message(self, timeout: float = 10) -> tuple[int, bytes]:

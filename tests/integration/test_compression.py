@@ -13,7 +13,6 @@ import asyncio
 import json
 import random
 import signal
-import struct
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -142,14 +141,8 @@ async def test_fragmented_compressed_message_from_the_client(
 
 async def read_raw_frame(client: RawClient, timeout: float = 10) -> tuple[int, int, bytes]:
     """(first header byte, opcode, payload) of the next frame: unlike RawClient.read_frame, keeps RSV1."""
-    async with asyncio.timeout(scaled(timeout)):
-        b0, b1 = await client.reader.readexactly(2)
-        length = b1 & 0x7F
-        if length == 126:
-            length = struct.unpack("!H", await client.reader.readexactly(2))[0]
-        elif length == 127:
-            length = struct.unpack("!Q", await client.reader.readexactly(8))[0]
-        return b0, b0 & 0x0F, await client.reader.readexactly(length)
+    b0, payload = await client.read_raw(timeout)
+    return b0, b0 & 0x0F, payload
 
 
 async def test_large_message_to_the_client_is_fragmented_as_rfc_7692_says(

@@ -51,6 +51,26 @@ async def static_site() -> AsyncIterator[str]:
         await runner.cleanup()
 
 
+@asynccontextmanager
+async def page_session(tmp_path: Path, gateway_port: int, query: str, count: int
+                       ) -> AsyncIterator[tuple[DevTools, CuttingProxy]]:
+    """Headless Chromium on the static page, through a CuttingProxy to the gateway, with PAGE_SESSION
+    started: the page opens /ws/stream?<query> with the JS helper and sends ``count`` messages."""
+    browser, port_file = start_chromium(tmp_path)
+    try:
+        async with static_site() as site, CuttingProxy(gateway_port) as proxy, aiohttp.ClientSession() as http:
+            page = await attach(http, browser, port_file)
+            try:
+                await page.navigate(site + "/")
+                url = json.dumps(f"{proxy.url}/ws/stream?{query}")
+                assert await page.evaluate(PAGE_SESSION.replace("URL", url, 1).replace("COUNT", str(count)))
+                yield page, proxy
+            finally:
+                await page.close()
+    finally:
+        browser.stop()
+
+
 PAGE_SESSION = """
 (async () => {
   const { ResumableWebSocket } = await import('/js/resumable-websocket.js');
@@ -87,32 +107,21 @@ async def test_chromium_with_the_js_helper_resumes_cuts_mid_stream(
     app, records = record_app
     gw = make_gateway(app.url, RESUME)
     count, ticks = 150, 100
-    browser, port_file = start_chromium(tmp_path)
-    try:
-        async with static_site() as site, CuttingProxy(gw.port) as proxy, aiohttp.ClientSession() as http:
-            page = await attach(http, browser, port_file)
-            try:
-                await page.navigate(site + "/")
-                url = json.dumps(f"{proxy.url}/ws/stream?client=5&ticks={ticks}&interval_ms=15")
-                assert await page.evaluate(PAGE_SESSION.replace("URL", url, 1).replace("COUNT", str(count)))
-                for cut_after in (40, 100):
-                    await async_wait_until_page(page, lambda s, n=cut_after: s["sent"] >= n, f"{cut_after} sent")
-                    proxy.cut()
+    async with page_session(tmp_path, gw.port, f"client=5&ticks={ticks}&interval_ms=15", count) as (page, proxy):
+        for cut_after in (40, 100):
+            await async_wait_until_page(page, lambda s, n=cut_after: s["sent"] >= n, f"{cut_after} sent")
+            proxy.cut()
 
-                def complete(state: dict[str, Any]) -> bool:
-                    received = state["received"]
-                    return (sum(m.startswith("echo:") for m in received) >= count
-                            and sum(m.startswith("tick:") for m in received) >= ticks)
+        def complete(state: dict[str, Any]) -> bool:
+            received = state["received"]
+            return (sum(m.startswith("echo:") for m in received) >= count
+                    and sum(m.startswith("tick:") for m in received) >= ticks)
 
-                await async_wait_until_page(page, complete, "every echo and tick", timeout=30)
-                state = await page_state(page)
-                await page.evaluate("window.ws.close(1000, 'done')")
-                await async_wait_until_page(page, lambda s: "close 1000" in s["events"], "the close")
-                assert page.errors() == [], page.errors()  # a cut is not an error the page sees
-            finally:
-                await page.close()
-    finally:
-        browser.stop()
+        await async_wait_until_page(page, complete, "every echo and tick", timeout=30)
+        state = await page_state(page)
+        await page.evaluate("window.ws.close(1000, 'done')")
+        await async_wait_until_page(page, lambda s: "close 1000" in s["events"], "the close")
+        assert page.errors() == [], page.errors()  # a cut is not an error the page sees
     assert state["error"] is None, state["error"]
     received = state["received"]
     assert [m for m in received if m.startswith("echo:")] == [f"echo:m{i}" for i in range(count)]
@@ -132,25 +141,14 @@ async def test_chromium_gets_reset_when_the_cut_outlasts_the_grace_period(
     the app hears a client loss (1001)."""
     app, records = record_app
     gw = make_gateway(app.url, {"resume": {"grace": "1s"}})
-    browser, port_file = start_chromium(tmp_path)
-    try:
-        async with static_site() as site, CuttingProxy(gw.port) as proxy, aiohttp.ClientSession() as http:
-            page = await attach(http, browser, port_file)
-            try:
-                await page.navigate(site + "/")
-                url = json.dumps(f"{proxy.url}/ws/stream?client=7")
-                assert await page.evaluate(PAGE_SESSION.replace("URL", url, 1).replace("COUNT", "5"))
-                await async_wait_until_page(page, lambda s: len(s["received"]) == 5, "5 echoes")
-                proxy.refusing = True
-                proxy.cut()
-                await async_wait_until_page(page, lambda s: any(e.startswith("close") for e in s["events"]),
-                                            "the page to give up")
-                state = await page_state(page)
-                ready_state = await page.evaluate("window.ws.readyState")
-            finally:
-                await page.close()
-    finally:
-        browser.stop()
+    async with page_session(tmp_path, gw.port, "client=7", 5) as (page, proxy):
+        await async_wait_until_page(page, lambda s: len(s["received"]) == 5, "5 echoes")
+        proxy.refusing = True
+        proxy.cut()
+        await async_wait_until_page(page, lambda s: any(e.startswith("close") for e in s["events"]),
+                                    "the page to give up")
+        state = await page_state(page)
+        ready_state = await page.evaluate("window.ws.readyState")
     events = state["events"]
     assert events[0] == "open" and events[-2].startswith("reset ") and events[-1] == "close 4410", events
     assert ready_state == 3  # CLOSED
