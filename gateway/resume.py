@@ -38,23 +38,23 @@ _CONFIRM_TAG: Final = b"resume:"
 class ReplayTap:
     """The upstream leg's data destination on a resumable session: the client, and the replay log."""
 
-    __slots__ = ("log", "state", "target")
+    __slots__ = ("log", "on_write", "target")
 
-    def __init__(self, log: ReplayLog, target: DataOut, state: ResumeState) -> None:
+    def __init__(self, log: ReplayLog, target: DataOut, on_write: Callable[[], None]) -> None:
         self.log = log
         self.target = target
-        self.state = state
+        self.on_write = on_write
 
     def write(self, data: bytes) -> None:
         self.log.append(data)
         self.target.write(data)
-        self.state.wrote()
+        self.on_write()
 
     def writelines(self, parts: Iterable[bytes]) -> None:
         pieces = tuple(parts)
         self.log.append(b"".join(pieces))
         self.target.writelines(pieces)
-        self.state.wrote()
+        self.on_write()
 
     def get_write_buffer_size(self) -> int:
         return self.target.get_write_buffer_size()
@@ -71,8 +71,9 @@ class ResumeState:
         on_lost: called with ``expired`` or ``overflow`` when the session must end as a client loss.
     """
 
-    __slots__ = ("_confirm_handle", "_counter", "_grace_handle", "_outstanding", "away_since", "config", "key",
-                 "log", "on_lost", "owner", "registry", "resumes", "send_ping", "subprotocol", "tap")
+    __slots__ = ("_confirm_handle", "_counter", "_grace_handle", "_outstanding", "_previous_key", "_token_ping",
+                 "allowed", "away_since", "config", "key", "log", "on_lost", "owner", "registry", "resumes",
+                 "send_ping", "subprotocol", "tap")
 
     def __init__(self, config: ResumeConfig, registry: dict[bytes, Any], owner: object, subprotocol: str,
                  on_lost: Callable[[str], None]) -> None:
@@ -82,8 +83,13 @@ class ResumeState:
         self.subprotocol = subprotocol
         self.on_lost = on_lost
         self.log = ReplayLog(config.buffer_bytes)
-        self.tap = ReplayTap(self.log, DROP, self)
+        self.tap = ReplayTap(self.log, DROP, self.wrote)
         self.key: bytes | None = None
+        self._previous_key: bytes | None = None
+        """The token before the last resume: still valid until the client shows it has the new one."""
+        self._token_ping: bytes | None = None
+        self.allowed = True
+        """False while the gateway drains: a client that drops then is not waited for."""
         self.away_since: float | None = None
         """When the client dropped (None while it is connected)."""
         self.send_ping: Callable[[bytes], None] = _no_ping
@@ -100,13 +106,22 @@ class ResumeState:
         return self.away_since is not None
 
     def issue_token(self) -> str:
-        """A new token for the session; the one before it stops working now."""
+        """A new token for the session. The one before it stays valid until the client answers the
+        ping that follows the message carrying the new one (:meth:`back`): a connection lost before
+        the client read that message can still be resumed with the old token."""
         token = new_token()
-        if self.key is not None:
-            self.registry.pop(self.key, None)
+        if self._previous_key is not None:
+            self.registry.pop(self._previous_key, None)
+        self._previous_key = self.key
         self.key = token_key(token)
         self.registry[self.key] = self.owner
         return token
+
+    def _retire_previous(self) -> None:
+        if self._previous_key is not None:
+            self.registry.pop(self._previous_key, None)
+            self._previous_key = None
+        self._token_ping = None
 
     # --- confirmations while the client is connected --------------------------------------
     def wrote(self) -> None:
@@ -115,20 +130,28 @@ class ResumeState:
             if not self.log.resumable:
                 self.on_lost("overflow")
             return
-        if self._confirm_handle is None and self._outstanding is None:
+        if self._confirm_handle is None:
             self._confirm_handle = asyncio.get_running_loop().call_later(self.config.confirm_interval, self._confirm)
 
     def _confirm(self) -> None:
+        """Ping after the app's latest message. An earlier confirmation still unanswered is replaced (a
+        client may answer only the latest ping, RFC 6455 5.5.3)."""
         self._confirm_handle = None
         if self.away_since is not None or self.log.messages <= self.log.confirmed:
             return
+        self._outstanding = (self._ping(), self.log.messages)
+
+    def _ping(self) -> bytes:
         self._counter += 1
         payload = _CONFIRM_TAG + self._counter.to_bytes(8, "big")
-        self._outstanding = (payload, self.log.messages)
         self.send_ping(payload)
+        return payload
 
     def pong(self, payload: bytes) -> None:
-        """A pong on the client leg that answered no keepalive ping: maybe our confirmation."""
+        """A pong on the client leg that answered no keepalive ping: maybe one of ours."""
+        if payload == self._token_ping:
+            self._retire_previous()
+            return
         outstanding = self._outstanding
         if outstanding is None or payload != outstanding[0]:
             return
@@ -160,21 +183,36 @@ class ResumeState:
         self.tap.target = target
         self.send_ping = send_ping
         self._outstanding = None
+        self._token_ping = self._ping()  # its pong: the client has the new token (the old one stops working)
         if self.log.messages > self.log.confirmed:
             self.wrote()
         return gap
 
     def end(self) -> None:
-        """The session is over: the token stops working, timers stop."""
+        """The session is over: its tokens stop working, timers stop, and nothing here refers back to
+        the session any more (it is freed by reference counting)."""
         for handle in (self._grace_handle, self._confirm_handle):
             if handle is not None:
                 handle.cancel()
         self._grace_handle = self._confirm_handle = None
-        if self.key is not None and self.registry.get(self.key) is self.owner:
-            del self.registry[self.key]
-        self.key = None
+        for key in (self.key, self._previous_key):
+            if key is not None and self.registry.get(key) is self.owner:
+                del self.registry[key]
+        self.key = self._previous_key = None
         self.send_ping = _no_ping
+        self.on_lost = _ignore
+        self.owner = None
+        self.tap.on_write = _nothing
+        self.tap.target = DROP
 
 
 def _no_ping(payload: bytes) -> None:
+    return None
+
+
+def _ignore(result: str) -> None:
+    return None
+
+
+def _nothing() -> None:
     return None

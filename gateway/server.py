@@ -122,8 +122,10 @@ class Gateway:
         self.stopped = asyncio.Event()
 
     # --- traffic port -----------------------------------------------------------------
-    def _precheck(self, request: web.BaseRequest, headers: list[tuple[str, str]]) -> web.Response | str:
-        """Refuse what must not be relayed; else the request target to relay, in origin-form."""
+    def _precheck(self, request: web.BaseRequest, headers: list[tuple[str, str]],
+                  resuming: bool = False) -> web.Response | str:
+        """Refuse what must not be relayed; else the request target to relay, in origin-form. A
+        resume (``resuming``) adds no session, so ``max_sessions`` does not stop it."""
         client = self.config.client
         if self.draining:
             return _refuse(503, "the gateway is shutting down; retry on another instance")
@@ -137,7 +139,7 @@ class Gateway:
         origin = request.headers.get("Origin")
         if client.allowed_origins and origin is not None and origin.lower() not in client.allowed_origins:
             return _refuse(403, f"origin {origin!r} is not allowed")
-        if len(self.sessions) + self.handshakes >= self.config.max_sessions:
+        if not resuming and len(self.sessions) + self.handshakes >= self.config.max_sessions:
             return _refuse(503, f"the gateway holds its limit of {self.config.max_sessions} sessions")
         return checked
 
@@ -178,7 +180,9 @@ class Gateway:
     async def _open_session(self, request: web.BaseRequest) -> tuple[web.StreamResponse, Session | None]:
         """Check the request, open the upstream, answer 101 and start relaying; or refuse."""
         raw_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
-        checked = self._precheck(request, raw_headers)
+        offer = parse_offer(offered_subprotocols(raw_headers))
+        resuming = offer.token is not None or offer.malformed
+        checked = self._precheck(request, raw_headers, resuming)
         if isinstance(checked, web.Response):
             self.metrics.handshake_failed(checked.status)
             return checked, None
@@ -187,8 +191,7 @@ class Gateway:
         if isinstance(compression, web.Response):
             self.metrics.handshake_failed(compression.status)
             return compression, None
-        offer = parse_offer(offered_subprotocols(raw_headers))
-        if self.config.resume.enabled and (offer.token is not None or offer.malformed):
+        if resuming:  # never relayed to the app, even with resume off (a token must not reach it)
             return await self._resume(request, offer, compression), None
         client_config = self.config.client
         peer = request.transport.get_extra_info("peername") if request.transport else None
@@ -320,19 +323,21 @@ class Gateway:
                       compression: DeflateAgreement | str) -> web.StreamResponse:
         """A client resumes (docs/resume.md): splice its new connection into its session, and wait
         here while that connection lasts; or refuse with 4410, the same way whatever the reason."""
+        offered = offered_subprotocols([(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers])
         session = self.resumable.get(token_key(offer.token)) if offer.token is not None else None
         resume = session.resume if session is not None else None
-        offered = offered_subprotocols([(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers])
-        if session is None or resume is None or resume.subprotocol not in offered or request.transport is None:
-            return await self._refuse_resume(request)
+        if (session is None or resume is None or resume.subprotocol not in offered or request.transport is None
+                or not session.can_resume(offer.received)):
+            return await self._refuse_resume(request, offered)
         agreement = compression if isinstance(compression, DeflateAgreement) else None
         response = self._switching_protocols(request, resume.subprotocol,
                                              agreement.response if agreement is not None else None)
         await response.prepare(request)
         client_protocol = request.protocol
         flow = WriteFlow(lambda: client_protocol.writing_paused, client_protocol._drain_helper)
-        if session.splice_client(request.transport, flow, agreement, offer.received) is None:
-            self._close_resume(request)
+        if request.transport is None or not session.splice_client(request.transport, flow, agreement,
+                                                                  offer.received):
+            self._close_resume(request)  # the session ended or changed while the 101 went out
             return response
         self.metrics.compression_negotiated("negotiated" if agreement is not None else str(compression))
         ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -340,9 +345,10 @@ class Gateway:
         await asyncio.wait((ended, session.done), return_when=asyncio.FIRST_COMPLETED)
         return response
 
-    async def _refuse_resume(self, request: web.BaseRequest) -> web.StreamResponse:
-        """Upgrade, then close with 4410: what a browser can see of a refused resume."""
-        response = self._switching_protocols(request, None)
+    async def _refuse_resume(self, request: web.BaseRequest, offered: list[str]) -> web.StreamResponse:
+        """Upgrade, then close with 4410: what a browser can see of a refused resume. The 101 names
+        the resumable marker (a browser that offered subprotocols fails a 101 naming none)."""
+        response = self._switching_protocols(request, MARKER if MARKER in offered else None)
         await response.prepare(request)
         self._close_resume(request)
         return response
@@ -493,6 +499,8 @@ class Gateway:
         for session in self.sessions:
             if session.recovery is not None:
                 session.recovery.allowed = False  # while draining, an upstream loss closes the client
+            if session.resume is not None:
+                session.resume.allowed = False  # and a client that drops is not waited for
         self.metrics.set_draining(True)
         self.metrics.set_ready(False)
         drain = self.config.drain

@@ -591,5 +591,6 @@ class Session(ClientResume):
         self.recovery = None
         if self.resume is not None:
             self.resume.end()
+            self.resume = None
         if not self.done.done():
             self.done.set_result(None)

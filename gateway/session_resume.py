@@ -49,28 +49,43 @@ class ClientResume:
         def _close(self, rule: CloseRule, reason: str = "", code: int = 0) -> bool: ...
 
     def _wait_for_client(self) -> bool:
-        """A resumable client dropped: keep the app's leg for ``resume.grace`` if nothing is half-sent."""
+        """A resumable client dropped: keep the app's leg for ``resume.grace`` if its stream allows."""
         resume = self.resume
         assert resume is not None
-        if not self._relaying() or not self.client.positions.at_boundary or not resume.log.resumable:
+        if not self._relaying() or not resume.allowed or not self.can_resume(0, check_log=False):
             return False
         resume.wait()
         logger.info("session %s: resumable client dropped; waiting %gs for it", self.session_id, resume.config.grace)
         return True
 
+    def can_resume(self, received: int, check_log: bool = True) -> bool:
+        """Whether a resume can take over now: the session relays, the log still has every message after
+        ``received``, and what the client sent stopped at a message boundary with nothing of it waiting
+        in the inflater (half of a message at the app, or complete ones not yet handed on, cannot be
+        told apart from what the client will re-send: docs/resume.md, "Limits")."""
+        resume, client = self.resume, self.client
+        if resume is None or not self._relaying() or not resume.log.resumable:
+            return False
+        if check_log and resume.log.frames_after(received) is None:
+            return False
+        return client.positions.at_boundary and (client.inflater is None or not client.inflater.waiting)
+
     def client_gone(self, result: str) -> None:
         """The client did not come back in time (``expired``), or the replay log overflowed meanwhile."""
+        if not self._relaying():
+            return  # the session is closing already (drain, the app's close): nothing to count here
         self.metrics.client_resume(result)
         self._close(rule_for(Event.PEER_LOST, LegName.CLIENT))
 
     def splice_client(self, transport: asyncio.Transport, flow: WriteFlow, compression: DeflateAgreement | None,
-                      received: int) -> bytes | None:
-        """A resume: a new client connection replaces the client leg. Returns the token message to
-        send first (the app's messages the client lacks follow it), or None when it cannot resume."""
+                      received: int) -> bool:
+        """A resume: a new client connection replaces the client leg (the ``resumed`` message, then the
+        app's messages the client lacks, go out first); False when it cannot resume (:meth:`can_resume`)."""
         resume = self.resume
-        frames = resume.log.frames_after(received) if resume is not None else None
-        if resume is None or frames is None or not self._relaying():
-            return None
+        if resume is None or not self.can_resume(received):
+            return False
+        frames = resume.log.frames_after(received)
+        assert frames is not None
         old = self.client
         new = Leg(LegName.CLIENT, cast(LegListener, self), transport, flow, self.client_config,
                   self.client_config.close_timeout, scanner_limits=self.upstream_config, compression=compression)
@@ -83,11 +98,10 @@ class ClientResume:
             old.release()
         else:
             old.abort()  # the client came back before its old connection was seen to drop
-        message = build_frame(Opcode.TEXT, resumed(resume.issue_token(), new.positions.complete_messages),
-                              masked=False)
-        transport.write(message)
+        transport.write(build_frame(Opcode.TEXT, resumed(resume.issue_token(), new.positions.complete_messages),
+                                    masked=False))
         if frames:
             new.sender.write(frames)
         self.metrics.client_resumed(resume.back(new.sender, new.send_ping), resume.log.messages - received)
         new.schedule_ping()
-        return message
+        return True

@@ -106,13 +106,20 @@ export class ResumableWebSocket extends EventTarget {
         return;
       }
       first = false;
-      this._hello(JSON.parse(event.data), resume);
+      let message = null;
+      try { message = JSON.parse(event.data); } catch { message = null; }
+      this._hello(message, resume);
     };
     ws.onclose = (event) => this._closed(ws, event, resume, !first);
     ws.onerror = () => { if (!resume && first) this._emit("error"); };
   }
 
   _hello(message, resume) {
+    const expected = resume ? "resumed" : "resumable";
+    if (!message || message["ws-gateway"] !== expected) {
+      // Not a resumable session (resume is off at the gateway, or something else answered).
+      return this._reset(`the gateway's first message is not "${expected}"`);
+    }
     this._token = message.token;
     if (!resume) {
       this._graceMs = message["grace_ms"];

@@ -21,6 +21,7 @@ Not part of the gateway package: it needs ``websockets`` (a test dependency of t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections import deque
@@ -45,6 +46,11 @@ class ResumeReset(Exception):
 class ResumableWebSocket:
     """One resumable session through ws-gateway.
 
+    One reader task reads the current connection into an inbox, counting each message as it is
+    read (that count is what a resume tells the gateway), and resumes after a drop; :meth:`recv`
+    takes from the inbox, :meth:`send` writes to the current connection under a lock that a resume
+    also holds while it re-sends, so messages keep their order.
+
     Args:
         url: the gateway's WebSocket URL.
         subprotocols: the app's subprotocols (the gateway's marker is added).
@@ -64,7 +70,7 @@ class ResumableWebSocket:
         self.resumes = 0
         """Drops resumed."""
         self.received = 0
-        """App messages delivered by :meth:`recv`."""
+        """App messages read from the gateway (delivered by :meth:`recv`, or waiting for it)."""
         self._ws: ClientConnection | None = None
         self._token = ""
         self._grace = 0.0
@@ -75,10 +81,14 @@ class ResumableWebSocket:
         """The last sent message dropped from the buffer before the gateway confirmed it."""
         self._lock = asyncio.Lock()
         self._closing = False
+        self._inbox: asyncio.Queue[str | bytes | BaseException] = asyncio.Queue()
+        self._reader: asyncio.Task[None] | None = None
 
     # --- the session's first connection ----------------------------------------------------
     async def connect(self) -> None:
         """Open a new session (after a reset, the next one)."""
+        if self._reader is not None:
+            self._reader.cancel()
         ws = await connect(self.url, subprotocols=[*self.app_protocols, MARKER], **self.connect_options)
         hello = await self._first_message(ws)
         if hello.get("ws-gateway") != "resumable":
@@ -88,7 +98,9 @@ class ResumableWebSocket:
         self.subprotocol = None if ws.subprotocol == MARKER else ws.subprotocol
         self.received = self._sent_count = self._sent_bytes = self._forgot_through = 0
         self._sent.clear()
+        self._inbox = asyncio.Queue()
         self._closing = False
+        self._reader = asyncio.ensure_future(self._read())
 
     @staticmethod
     async def _first_message(ws: ClientConnection) -> dict[str, Any]:
@@ -105,8 +117,10 @@ class ResumableWebSocket:
 
     # --- sending and receiving -------------------------------------------------------------
     async def send(self, message: str | bytes) -> None:
-        """Send one message; kept until a resume tells whether the gateway got it."""
+        """Send one message; kept until a resume tells whether the gateway got it (then re-sent if not)."""
         async with self._lock:
+            if self._closing:
+                raise ConnectionError("the session is closed")
             self._sent_count += 1
             self._sent.append((self._sent_count, message))
             self._sent_bytes += len(message)
@@ -114,48 +128,57 @@ class ResumableWebSocket:
                 index, old = self._sent.popleft()
                 self._sent_bytes -= len(old)
                 self._forgot_through = index
-            ws = self._ws
-            assert ws is not None, "connect() first"
-            try:
-                await ws.send(message)
-                return
-            except ConnectionClosed as closed:
-                if not self._dropped(closed):
-                    raise
-        await self._resume(ws)  # the message is re-sent if the gateway did not get it
+            assert self._ws is not None, "connect() first"
+            with contextlib.suppress(ConnectionClosed):
+                await self._ws.send(message)  # on a drop the reader resumes and re-sends what is missing
 
     async def recv(self) -> str | bytes:
-        """The next message from the app (resuming across drops)."""
-        while True:
-            ws = self._ws
-            assert ws is not None, "connect() first"
-            try:
-                message = await ws.recv()
-            except ConnectionClosed as closed:
-                if not self._dropped(closed):
-                    raise
-                await self._resume(ws)
-                continue
-            self.received += 1
-            return message
+        """The next message from the app. Raises :class:`ResumeReset` when the session is gone, or
+        ``ConnectionClosed`` when it was closed with a close frame."""
+        item = await self._inbox.get()
+        if isinstance(item, BaseException):
+            self._inbox.put_nowait(item)  # every later call says the same
+            raise item
+        return item
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        self._closing = True
-        if self._ws is not None:
-            await self._ws.close(code, reason)
+        async with self._lock:
+            self._closing = True
+            if self._ws is not None:
+                await self._ws.close(code, reason)
+        if self._reader is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._reader, 10)
 
-    def _dropped(self, closed: ConnectionClosed) -> bool:
-        """The connection ended without a close frame from the gateway (and not by us): resume."""
-        if closed.rcvd is not None and closed.rcvd.code == RESUME_REFUSED:
-            raise ResumeReset(f"resume refused: {closed.rcvd.reason}") from None
-        return closed.rcvd is None and not self._closing
+    async def _read(self) -> None:
+        """Read the current connection into the inbox; resume after a drop."""
+        while True:
+            ws = self._ws
+            assert ws is not None
+            try:
+                while True:
+                    message = await ws.recv()
+                    self.received += 1
+                    self._inbox.put_nowait(message)
+            except ConnectionClosed as exc:
+                closed = exc
+            rcvd = closed.rcvd
+            if rcvd is not None and rcvd.code == RESUME_REFUSED:
+                self._inbox.put_nowait(ResumeReset(f"resume refused: {rcvd.reason}"))
+                return
+            if rcvd is not None or self._closing:
+                self._inbox.put_nowait(closed)  # closed with a close frame: the session is over
+                return
+            try:
+                await self._resume()
+            except ResumeReset as reset:
+                self._inbox.put_nowait(reset)
+                return
 
     # --- resuming ----------------------------------------------------------------------------
-    async def _resume(self, lost: ClientConnection) -> None:
-        """Reconnect with the token, then re-send what the gateway lacks (once, for every caller)."""
+    async def _resume(self) -> None:
+        """Reconnect with the token, then re-send what the gateway lacks (under the send lock)."""
         async with self._lock:
-            if self._ws is not lost:
-                return  # another caller resumed already
             deadline = time.monotonic() + self._grace
             attempt = 0
             while True:
@@ -167,11 +190,13 @@ class ResumableWebSocket:
                 offer = [*self.app_protocols, MARKER, f"{RESUME_PREFIX}{self._token}.{self.received}"]
                 try:
                     ws = await connect(self.url, subprotocols=offer, **self.connect_options)
-                except (OSError, InvalidHandshake, TimeoutError) as exc:
-                    if isinstance(exc, InvalidStatus) and exc.response.status_code < 500:
+                    resumed = await self._first_message(ws)
+                except InvalidStatus as exc:
+                    if exc.response.status_code < 500:
                         raise ResumeReset(f"resume refused with HTTP {exc.response.status_code}") from None
                     continue
-                resumed = await self._first_message(ws)
+                except (OSError, InvalidHandshake, TimeoutError, ConnectionClosed):
+                    continue  # dropped again before the gateway's first message: the token is still good
                 break
             if resumed.get("ws-gateway") != "resumed":
                 await ws.close()
@@ -184,8 +209,6 @@ class ResumableWebSocket:
                 self._sent_bytes -= len(self._sent.popleft()[1])
             self._ws, self._token = ws, resumed["token"]
             self.resumes += 1
-            try:
+            with contextlib.suppress(ConnectionClosed):  # dropped again: the reader resumes once more
                 for _, message in self._sent:
                     await ws.send(message)
-            except ConnectionClosed:
-                return  # dropped again: the next send or recv resumes, re-sending what is still kept

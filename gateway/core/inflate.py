@@ -37,7 +37,7 @@ from typing import Any, Final
 from gateway.core.closecodes import CloseCode
 from gateway.core.codec import build_header, mask_payload, read_header
 from gateway.core.compression import DeflateAgreement
-from gateway.core.scanner import FrameScanner, ScannerSink
+from gateway.core.scanner import FrameScanner, ScanMode, ScannerSink
 
 __all__ = ["FLUSH_BYTES", "TAIL", "Inflater"]
 
@@ -64,6 +64,31 @@ def _never() -> bool:
     return False
 
 
+class _Detached:
+    """The inner sink of a released inflater: a finished session's leg is no longer reachable from it."""
+
+    def forward(self, data: bytes) -> None:
+        return None
+
+    def forward_frame(self, header: bytes, payload: bytes) -> None:
+        return None
+
+    def on_ping(self, payload: bytes) -> None:
+        return None
+
+    def on_pong(self, payload: bytes) -> None:
+        return None
+
+    def on_close(self, code: int, reason: str) -> None:
+        return None
+
+    def on_violation(self, code: int, reason: str, final: bool) -> None:
+        return None
+
+
+_DETACHED: Final = _Detached()
+
+
 class Inflater:
     """The client leg scanner's sink when compression was agreed: inflates compressed messages.
 
@@ -81,7 +106,7 @@ class Inflater:
 
     def __init__(self, inner: ScannerSink, agreement: DeflateAgreement, max_message_size: int,
                  max_frame_size: int) -> None:
-        self.inner = inner
+        self.inner: ScannerSink = inner
         self.scanner: FrameScanner | None = None
         """Set by the leg once its scanner exists: told when a message must be refused."""
         self.paused: Callable[[], bool] = _never
@@ -191,6 +216,8 @@ class Inflater:
                 if state != _DONE:
                     if state == _PAUSED and frame_end < end:
                         self._enqueue((_DATA, data, frame_end, None), first=True)
+                    elif state == _REFUSED:
+                        self.discarded_messages += _count_final_frames(data, frame_end)  # after the refused one
                     return
             else:
                 self._passed(b0, length)
@@ -280,22 +307,38 @@ class Inflater:
         return _DONE
 
     def _refuse(self, parts: list[bytes], code: int, reason: str) -> int:
-        """The message is refused: what came before it still goes on; data queued after it does not."""
+        """The message is refused: what came before it still goes on; data queued after it does not
+        (counted as discarded, with the closes and violations behind it kept in order)."""
         if parts:
             self.inner.forward(b"".join(parts))
             parts.clear()
         self._inflating = False
         self._decoder = None
         self._input = None
-        if self._queue:
-            self._queue = deque(item for item in self._queue if item[0] >= _CLOSE)
-        if self.scanner is not None:
-            self._refusing = True  # its violation goes to the leg now, before anything queued
-            try:
-                self.scanner.refuse(code, reason)
-            finally:
-                self._refusing = False
+        self._drop_queued_data()
+        scanner = self.scanner
+        self._refusing = True  # its violation goes to the leg now, before anything queued
+        try:
+            if scanner is not None and scanner.mode is ScanMode.RELAY:
+                scanner.refuse(code, reason)
+            elif scanner is None or scanner.mode is ScanMode.STOPPED:
+                # The client's close was already read (it waits in the queue): the refusal still
+                # reaches the leg, before that close.
+                self.inner.on_violation(code, reason, False)
+        finally:
+            self._refusing = False
         return _REFUSED
+
+    def _drop_queued_data(self) -> None:
+        """Drop the data frames waiting in the queue, counting the messages they end."""
+        if not self._queue:
+            return
+        for kind, first, second, _ in self._queue:
+            if kind == _DATA:
+                self.discarded_messages += _count_final_frames(first, second)
+            elif kind == _FRAGMENT:
+                self.discarded_messages += first[0] >> 7
+        self._queue = deque(item for item in self._queue if item[0] >= _CLOSE)
 
     def _enqueue(self, item: _Waiting, first: bool = False) -> None:
         if self._queue is None:
@@ -328,20 +371,21 @@ class Inflater:
 
     def discard_data(self) -> None:
         """The session is closing: drop the data still waiting (counted), keep closes and violations."""
-        dropped = 1 if self._input is not None and self._input_fin else 0
+        if self._input is not None and self._input_fin:
+            self.discarded_messages += 1
         self._input = None
         self._inflating = False
-        if self._queue:
-            for kind, first, second, _ in self._queue:
-                if kind == _DATA:
-                    dropped += _count_final_frames(first, second)
-                elif kind == _FRAGMENT:
-                    dropped += first[0] >> 7
-            self._queue = deque(item for item in self._queue if item[0] >= _CLOSE)
-        self.discarded_messages += dropped
+        self._drop_queued_data()
+
+    @property
+    def holds_close(self) -> bool:
+        """The client's close frame waits behind paused inflation."""
+        queue = self._queue
+        return queue is not None and any(item[0] == _CLOSE for item in queue)
 
     def release(self) -> None:
         """The session is over: drop the links back to the leg (reference cycles)."""
+        self.inner = _DETACHED
         self.paused = _never
         self.scanner = None
         self._queue = None

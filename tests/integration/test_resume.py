@@ -327,3 +327,43 @@ async def test_a_resume_passes_the_same_origin_check_as_a_new_session(
         assert await ws.recv() == "echo:two"
         await ws.close()
     assert await gw.metric("ws_gateway_handshake_failures_total", status="403") == 1
+
+
+async def test_a_resume_lost_before_the_client_read_its_new_token_can_be_made_again_with_the_old_one(
+    make_gateway: Callable[..., GatewayProcess], record_app: tuple[Upstream, Path]
+) -> None:
+    """The old token stays valid until the client answers the ping after the message with the new one: a
+    connection that drops in between does not strand the client. Then the old token stops working."""
+    app, records = record_app
+    gw = make_gateway(app.url, RESUME)
+    async with proxied(gw) as proxy:
+        ws = ResumableWebSocket(f"{proxy.url}/ws/stream?client=13")
+        await ws.connect()
+        await ws.send("one")
+        assert await ws.recv() == "echo:one"
+        old_token = ws._token
+        proxy.refusing = True
+        proxy.cut()  # the helper cannot get back through the proxy for now
+        # Another connection resumes with the token and dies without reading anything (no pong).
+        lost = await RawClient.connect(gw.port, "/ws/stream?client=13", headers={
+            "Sec-WebSocket-Protocol": f"{MARKER}, ws-gateway.resume.{old_token}.1"})
+        assert lost.status == 101, lost.head
+        lost.writer.transport.abort()
+        await async_wait_until_metric_at_least(gw, "ws_gateway_client_resumes_total", 1, result="resumed")
+        proxy.refusing = False
+        await ws.send("two")  # the helper resumes with the old token: still good
+        assert await ws.recv() == "echo:two"
+        assert ws.resumes == 1 and ws._token != old_token
+        await ws.send("three")
+        assert await ws.recv() == "echo:three"
+        assert await resume_with(gw, old_token, 3) == (RESUME_REFUSED, "session cannot be resumed")
+        await ws.close()
+    await async_wait_until(lambda: app_saw(records, 13)[-1:] == ["closed 1000"], 10, "the close")
+    assert app_saw(records, 13) == ["open", "one", "two", "three", "closed 1000"]
+
+
+async def async_wait_until_metric_at_least(gw: GatewayProcess, name: str, value: float, **labels: str) -> None:
+    deadline = asyncio.get_running_loop().time() + scaled(10)
+    while await gw.metric(name, **labels) < value:
+        assert asyncio.get_running_loop().time() < deadline, f"{name}{labels} stayed under {value}"
+        await asyncio.sleep(0.05)

@@ -156,6 +156,24 @@ async def test_chromium_gets_reset_when_the_cut_outlasts_the_grace_period(
     assert app_saw(records, 7) == ["open", *(f"m{i}" for i in range(5)), "closed 1001"]
 
 
+@pytest.mark.timeout(int(scaled(60)))
+async def test_chromium_gets_reset_at_once_when_the_resume_reaches_another_gateway(
+    tmp_path: Path, make_gateway: Callable[..., GatewayProcess], record_app: tuple[Upstream, Path]
+) -> None:
+    """The gateway's 4410 reaches the page (its 101 names the resumable marker, which a browser needs): the
+    page resets at once, long before the 30 s grace."""
+    app, _ = record_app
+    first, other = make_gateway(app.url), make_gateway(app.url)
+    async with page_session(tmp_path, first.port, "client=12", 3) as (page, proxy):
+        await async_wait_until_page(page, lambda s: len(s["received"]) == 3, "3 echoes")
+        proxy.target_port = other.port
+        proxy.cut()
+        await async_wait_until_page(page, lambda s: "close 4410" in s["events"], "the reset", timeout=5)
+        state = await page_state(page)
+    assert any(e == "reset session cannot be resumed" for e in state["events"]), state["events"]
+    assert await other.metric("ws_gateway_client_resumes_total", result="refused") == 1
+
+
 async def async_wait_until_page(page: DevTools, condition: Callable[[dict[str, Any]], bool], what: str,
                                 timeout: float = 15) -> None:
     """Poll the page's ``window.state`` until ``condition`` holds."""

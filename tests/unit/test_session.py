@@ -436,3 +436,52 @@ async def test_a_finished_session_is_freed_by_reference_counting_alone() -> None
         assert live_objects(*kinds) == before
     finally:
         gc.enable()
+
+
+async def compressed_resumable_session_life(registry: dict[bytes, object]) -> None:
+    """A compressed, resumable session relays both ways, its client drops and comes back, then it closes."""
+    from gateway.core.compression import negotiate
+    from gateway.flow import WriteFlow
+    from gateway.resume import ResumeState
+    from tests.unit.core.test_deflate import _client_compressed
+
+    h = open_session()
+    agreement = negotiate("permessage-deflate", h.config.client.compression)
+    assert agreement is not None
+    h.session.resume = ResumeState(h.config.resume, registry, h.session, "ws-gateway.resumable",
+                                   h.session.client_gone)
+    h.session.resume.issue_token()
+    h.session.attach(h.client, h.client_flow, h.upstream, h.upstream_flow,  # type: ignore[arg-type]
+                     compression=agreement)
+    h.session.client.pong_listener = h.session.resume
+    h.from_client(_client_compressed([b"hello " * 20]))
+    h.from_upstream(h.app_frame(Opcode.TEXT, b"from the app " * 20))
+    h.session.client.transport_lost()  # a drop with no close frame: the session waits
+    assert h.session.resume is not None and h.session.resume.away
+    back = FakeTransport("client again")
+    assert h.session.splice_client(back, WriteFlow(lambda: False, settle), agreement,  # type: ignore[arg-type]
+                                   0)
+    h.session.client.scanner.feed(close_frame(1000))
+    h.session.client.transport_lost()
+    h.session.upstream.scanner.feed(h.app_frame(Opcode.CLOSE, build_close_payload(1000, "")))
+    h.session.upstream.transport_lost()
+    assert h.session.state is SessionState.CLOSED
+
+
+async def test_a_finished_compressed_resumable_session_is_freed_by_reference_counting_alone() -> None:
+    """The inflater, the deflater and the resume state (tap, token registry) hold nothing back either: with the
+    collector off, nothing of the session, its three client legs' worth of objects or its registry entry stays."""
+    from gateway.core.inflate import Inflater
+    from gateway.resume import ResumeState
+
+    kinds = (Session, Leg, FrameScanner, Inflater, ResumeState)
+    registry: dict[bytes, object] = {}
+    gc.collect()
+    gc.disable()
+    try:
+        before = live_objects(*kinds)
+        await compressed_resumable_session_life(registry)
+        assert live_objects(*kinds) == before
+        assert registry == {}
+    finally:
+        gc.enable()

@@ -208,6 +208,34 @@ def test_inflating_follows_backpressure_so_a_small_message_cannot_fill_memory() 
     assert inflater.complete_messages == 2 and inflater.at_boundary and inflater.last_message_size == 5
 
 
+@pytest.mark.parametrize("paused", [False, True])
+def test_messages_after_a_refused_one_are_counted_as_discarded(paused: bool) -> None:
+    app = FullApp(capacity=1 << 16 if paused else 1 << 40)
+    scanner, _, inflater = _inflater(max_message=1 << 20, sink=app)
+    inflater.paused = app.paused
+    scanner.feed(_client_compressed([b"\0" * (1 << 22)]) + client_frame(Opcode.TEXT, b"one")
+                 + client_frame(Opcode.TEXT, b"two"))
+    while inflater.waiting:
+        app.drain()
+        inflater.resume()
+    assert [v[0] for v in app.violations] == [CloseCode.MESSAGE_TOO_BIG]
+    assert inflater.discarded_messages == 2 and b"one" not in app.out
+
+
+def test_a_refusal_found_after_the_clients_close_was_read_still_reaches_the_leg_first() -> None:
+    """Inflating paused; the scanner read the close behind the bomb (it has stopped): on resume the 1009
+    still goes to the leg, then the close."""
+    app = FullApp(capacity=1 << 16)
+    scanner, _, inflater = _inflater(max_message=1 << 20, sink=app)
+    inflater.paused = app.paused
+    scanner.feed(_client_compressed([b"\0" * (1 << 22)]) + client_frame(Opcode.CLOSE, b"\x03\xe8"))
+    assert inflater.waiting and inflater.holds_close and app.closes == []
+    while inflater.waiting:
+        app.drain()
+        inflater.resume()
+    assert [v[0] for v in app.violations] == [CloseCode.MESSAGE_TOO_BIG] and app.closes == [(1000, "")]
+
+
 def test_data_waiting_when_the_session_closes_is_dropped_and_counted() -> None:
     app = FullApp(capacity=1 << 16)
     scanner, _, inflater = _inflater(max_message=1 << 24, sink=app)
