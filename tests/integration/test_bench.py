@@ -77,3 +77,14 @@ def test_quick_resume_cost_measures_plain_and_resumable_sessions() -> None:
         # measured (numbers, a ratio where NGINX's figure is not zero), not the figures.
         assert float(cells[1]) >= 0 and float(cells[3]) >= 0, (name, cells)
         assert cells[2].endswith("x") or cells[2] == "-", (name, cells)
+
+
+def test_idle_memory_report_attributes_what_idle_sessions_hold() -> None:
+    """`python -m bench.idle_memory --sessions 20`: every session opened and stayed, and the per-session
+    total and its allocation sites are reported (the gateway's own modules among them)."""
+    result = subprocess.run([sys.executable, "-m", "bench.idle_memory", "--sessions", "20", "--top", "40"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=scaled(120), check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    total = next(line for line in result.stdout.splitlines() if line.startswith("total:"))
+    assert int(total.split()[1].replace(",", "")) > 1000, total
+    assert "gateway/leg.py:" in result.stdout and "gateway/session.py:" in result.stdout, result.stdout
