@@ -32,6 +32,7 @@ from gateway.core.inflate import Inflater
 from gateway.core.scanner import FrameScanner, MessagePositions, ScannerSink
 from gateway.delivery import Confirmations
 from gateway.flow import WriteFlow
+from gateway.keepalive import wheel
 
 __all__ = ["DROP", "DataOut", "Leg", "LegListener"]
 
@@ -150,9 +151,9 @@ class Leg:
     __slots__ = (
         "_close_deadline",
         "_ping_counter",
-        "_ping_handle",
         "_ping_payload",
         "_ping_sent",
+        "_ping_slot",
         "_pong_deadline",
         "close_timeout",
         "config",
@@ -227,7 +228,8 @@ class Leg:
         """Where this peer's data goes; the session points it at the other leg."""
         self.failed = False
         """A violation by this peer was reported (later ones only end the reading)."""
-        self._ping_handle: asyncio.TimerHandle | None = None
+        self._ping_slot = 0
+        """The keepalive wheel's slot this leg waits in for its next ping (0: none; gateway.keepalive)."""
         self._pong_deadline: asyncio.TimerHandle | None = None
         self._ping_payload = b""
         self._ping_sent = 0.0
@@ -394,10 +396,16 @@ class Leg:
         if not interval or not self.handshake.can_send_data:
             return
         delay = interval - random.uniform(0.0, self.config.ping_jitter)  # noqa: S311 - not crypto
-        self._ping_handle = asyncio.get_running_loop().call_later(delay, self._send_ping)
+        if self._ping_slot:
+            wheel().discard(self, self._ping_slot)
+        self._ping_slot = wheel().add(self, delay)
+
+    def keepalive_due(self) -> None:
+        """The keepalive wheel's call: this leg's ping is due."""
+        self._ping_slot = 0
+        self._send_ping()
 
     def _send_ping(self) -> None:
-        self._ping_handle = None
         if not self.handshake.can_send_data:
             return
         self._ping_counter += 1
@@ -417,10 +425,12 @@ class Leg:
 
     def stop_keepalive(self) -> None:
         """Cancel the ping timers (closing or closed)."""
-        for handle in (self._ping_handle, self._pong_deadline):
-            if handle is not None:
-                handle.cancel()
-        self._ping_handle = self._pong_deadline = None
+        if self._ping_slot:
+            wheel().discard(self, self._ping_slot)
+            self._ping_slot = 0
+        if self._pong_deadline is not None:
+            self._pong_deadline.cancel()
+            self._pong_deadline = None
 
     # --- transport events ----------------------------------------------------------------------
     def transport_lost(self, reset: bool = False) -> None:
