@@ -361,7 +361,7 @@ class Leg:
         if isinstance(self.sender, Deflater) and isinstance(old.sender, Deflater):
             for name in ("messages", "compressed_bytes", "plain_bytes"):
                 setattr(self.sender, name, getattr(old.sender, name))
-        self.delivery, self.pong_listener, self.text_log = old.delivery, old.pong_listener, old.text_log
+        self.delivery = old.delivery  # pong_listener and text_log: ResumeState.attach_client
         self.recent = bytearray() if old.recent is not None else None
         self.retain_limit = old.retain_limit
 

@@ -24,7 +24,7 @@ from typing import Any, Final
 
 from gateway.core.config import ResumeConfig
 from gateway.core.resume import ReplayLog, new_token, token_key
-from gateway.leg import DROP, DataOut
+from gateway.leg import DROP, DataOut, Leg
 
 __all__ = ["RESUME_RESULTS", "ReplayTap", "ResumeState"]
 
@@ -172,7 +172,15 @@ class ResumeState:
             self._confirm_handle = None
         self._grace_handle = asyncio.get_running_loop().call_later(self.config.grace, self.on_lost, "expired")
 
-    def back(self, target: DataOut, send_ping: Callable[[bytes], None]) -> float:
+    def attach_client(self, leg: Leg) -> None:
+        """``leg`` is the session's client leg now: the app's messages go to it (through the tap), it
+        answers our pings, and the gateway's own notices on it are recorded as messages too."""
+        self.tap.target = leg.sender
+        self.send_ping = leg.send_ping
+        leg.pong_listener = self
+        leg.text_log = self.log
+
+    def back(self, leg: Leg) -> float:
         """A new client connection took over (already sent what it lacked); returns the gap in seconds."""
         gap = 0.0 if self.away_since is None else time.monotonic() - self.away_since
         self.away_since = None
@@ -180,8 +188,7 @@ class ResumeState:
         if self._grace_handle is not None:
             self._grace_handle.cancel()
             self._grace_handle = None
-        self.tap.target = target
-        self.send_ping = send_ping
+        self.attach_client(leg)
         self._outstanding = None
         self._token_ping = self._ping()  # its pong: the client has the new token (the old one stops working)
         if self.log.messages > self.log.confirmed:

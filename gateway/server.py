@@ -180,7 +180,8 @@ class Gateway:
     async def _open_session(self, request: web.BaseRequest) -> tuple[web.StreamResponse, Session | None]:
         """Check the request, open the upstream, answer 101 and start relaying; or refuse."""
         raw_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
-        offer = parse_offer(offered_subprotocols(raw_headers))
+        offered = offered_subprotocols(raw_headers)
+        offer = parse_offer(offered)
         resuming = offer.token is not None or offer.malformed
         checked = self._precheck(request, raw_headers, resuming)
         if isinstance(checked, web.Response):
@@ -192,7 +193,7 @@ class Gateway:
             self.metrics.handshake_failed(compression.status)
             return compression, None
         if resuming:  # never relayed to the app, even with resume off (a token must not reach it)
-            return await self._resume(request, offer, compression), None
+            return await self._resume(request, offer, offered, compression), None
         client_config = self.config.client
         peer = request.transport.get_extra_info("peername") if request.transport else None
         peer_ip = peer[0] if peer else "unknown"
@@ -204,7 +205,7 @@ class Gateway:
                 self.metrics.handshake_failed(429)
                 return _refuse(429, f"client {forwarded.client_ip} holds its limit of {per_client} sessions"), None
             self.per_client[forwarded.client_ip] = held + 1
-        response, session = await self._connect_and_accept(request, raw_headers, forwarded, target_path,
+        response, session = await self._connect_and_accept(request, offered, offer, forwarded, target_path,
                                                            compression)
         if session is None:
             self._client_left(forwarded.client_ip)
@@ -225,17 +226,18 @@ class Gateway:
     async def _connect_and_accept(
         self,
         request: web.BaseRequest,
-        raw_headers: list[tuple[str, str]],
+        offered: list[str],
+        offer: ResumeOffer,
         forwarded: ForwardedRequest,
         target_path: str,
         compression: DeflateAgreement | str,
     ) -> tuple[web.StreamResponse, Session | None]:
-        """Open the upstream leg, answer 101 and start relaying; or refuse as the upstream did."""
+        """Open the upstream leg, answer 101 and start relaying; or refuse as the upstream did.
+        ``offered`` is the client's subprotocol offer, ``offer`` the gateway's part of it."""
         client_config = self.config.client
-        offered = offered_subprotocols(raw_headers)
-        resumable = self.config.resume.enabled and MARKER in offered
+        resumable = self.config.resume.enabled and offer.resumable
         if resumable:
-            offered = [protocol for protocol in offered if protocol != MARKER]  # the app never sees it
+            offered = list(offer.app_protocols)  # the app never sees the resumable marker
         session_id = os.urandom(16).hex()
         upstream_headers = [*forwarded.headers, (SESSION_ID_HEADER, session_id)]
         self.handshakes += 1
@@ -312,18 +314,14 @@ class Gateway:
             WriteFlow(upstream.protocol.is_paused, upstream.protocol.wait_resumed),
             compression=agreement,
         )
-        if session.resume is not None:  # the client leg confirms the replay log and records notices in it
-            session.client.text_log, session.client.pong_listener = session.resume.log, session.resume
-            session.resume.send_ping = session.client.send_ping
         upstream.protocol.attach(session.upstream.scanner.feed, session.upstream.transport_lost, upstream.first_bytes)
         client_protocol.set_parser(_ClientFeeder(session))  # type: ignore[arg-type]
         return response, session
 
-    async def _resume(self, request: web.BaseRequest, offer: ResumeOffer,
+    async def _resume(self, request: web.BaseRequest, offer: ResumeOffer, offered: list[str],
                       compression: DeflateAgreement | str) -> web.StreamResponse:
         """A client resumes (docs/resume.md): splice its new connection into its session, and wait
         here while that connection lasts; or refuse with 4410, the same way whatever the reason."""
-        offered = offered_subprotocols([(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers])
         session = self.resumable.get(token_key(offer.token)) if offer.token is not None else None
         resume = session.resume if session is not None else None
         if (session is None or resume is None or resume.subprotocol not in offered or request.transport is None

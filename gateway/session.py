@@ -166,6 +166,8 @@ class Session(ClientResume):
                 # outage: the old upstream never had all of it); at_least_once's ledger keeps more.
                 self.client.retain_limit = config.buffer_bytes
                 self.client.recent = bytearray()
+        if self.resume is not None:
+            self.resume.attach_client(self.client)
         self._pair(self._new_upstream_leg(upstream_transport, upstream_flow))
         self.metrics.session_opened(self)
         self.client.schedule_ping()
@@ -188,9 +190,8 @@ class Session(ClientResume):
         upstream.other = self.client
         self.client.other = upstream
         self.client.out = upstream.transport
-        upstream.out = self.client.sender
-        if self.resume is not None:  # the app's messages also go into the replay log
-            self.resume.tap.target, upstream.out = self.client.sender, self.resume.tap
+        # A resumable session's app messages also go into the replay log (the tap in front of the client).
+        upstream.out = self.client.sender if self.resume is None else self.resume.tap
         if self.recovery is not None:
             upstream.pong_listener = self.recovery.confirmations
 

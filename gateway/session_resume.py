@@ -52,23 +52,25 @@ class ClientResume:
         """A resumable client dropped: keep the app's leg for ``resume.grace`` if its stream allows."""
         resume = self.resume
         assert resume is not None
-        if not self._relaying() or not resume.allowed or not self.can_resume(0, check_log=False):
+        if not resume.allowed or not self._resumable_now():
             return False
         resume.wait()
         logger.info("session %s: resumable client dropped; waiting %gs for it", self.session_id, resume.config.grace)
         return True
 
-    def can_resume(self, received: int, check_log: bool = True) -> bool:
-        """Whether a resume can take over now: the session relays, the log still has every message after
-        ``received``, and what the client sent stopped at a message boundary with nothing of it waiting
-        in the inflater (half of a message at the app, or complete ones not yet handed on, cannot be
-        told apart from what the client will re-send: docs/resume.md, "Limits")."""
+    def _resumable_now(self) -> bool:
+        """The session relays, its replay log is whole, and what the client sent stopped at a message
+        boundary with nothing of it waiting in the inflater (half of a message at the app, or complete
+        ones not yet handed on, cannot be told apart from what the client will re-send: docs/resume.md,
+        "Limits")."""
         resume, client = self.resume, self.client
-        if resume is None or not self._relaying() or not resume.log.resumable:
-            return False
-        if check_log and resume.log.frames_after(received) is None:
-            return False
-        return client.positions.at_boundary and (client.inflater is None or not client.inflater.waiting)
+        return (resume is not None and self._relaying() and resume.log.resumable and client.positions.at_boundary
+                and (client.inflater is None or not client.inflater.waiting))
+
+    def can_resume(self, received: int) -> bool:
+        """Whether a resume from a client that has ``received`` messages can take over now."""
+        return (self._resumable_now() and self.resume is not None
+                and self.resume.log.frames_after(received) is not None)
 
     def client_gone(self, result: str) -> None:
         """The client did not come back in time (``expired``), or the replay log overflowed meanwhile."""
@@ -102,6 +104,6 @@ class ClientResume:
                                     masked=False))
         if frames:
             new.sender.write(frames)
-        self.metrics.client_resumed(resume.back(new.sender, new.send_ping), resume.log.messages - received)
+        self.metrics.client_resumed(resume.back(new), resume.log.messages - received)
         new.schedule_ping()
         return True

@@ -37,7 +37,7 @@ from typing import Any, Final
 from gateway.core.closecodes import CloseCode
 from gateway.core.codec import build_header, mask_payload, read_header
 from gateway.core.compression import DeflateAgreement
-from gateway.core.scanner import FrameScanner, ScanMode, ScannerSink
+from gateway.core.scanner import DETACHED_SINK, FrameScanner, ScanMode, ScannerSink
 
 __all__ = ["FLUSH_BYTES", "TAIL", "Inflater"]
 
@@ -62,31 +62,6 @@ _REFUSED: Final = 2
 
 def _never() -> bool:
     return False
-
-
-class _Detached:
-    """The inner sink of a released inflater: a finished session's leg is no longer reachable from it."""
-
-    def forward(self, data: bytes) -> None:
-        return None
-
-    def forward_frame(self, header: bytes, payload: bytes) -> None:
-        return None
-
-    def on_ping(self, payload: bytes) -> None:
-        return None
-
-    def on_pong(self, payload: bytes) -> None:
-        return None
-
-    def on_close(self, code: int, reason: str) -> None:
-        return None
-
-    def on_violation(self, code: int, reason: str, final: bool) -> None:
-        return None
-
-
-_DETACHED: Final = _Detached()
 
 
 class Inflater:
@@ -173,14 +148,14 @@ class Inflater:
     # --- data: inflate what is compressed, pass on the rest -------------------------------
     def forward(self, data: bytes) -> None:
         """Whole frames from the client (valid, masked): compressed ones are replaced by their inflation."""
-        if self._input is not None or self._queue or self.paused():
+        if self.waiting or self.paused():
             self._enqueue((_DATA, data, 0, None))
             return
         self._forward_from(data, 0)
 
     def forward_frame(self, header: bytes, payload: bytes) -> None:
         """One re-headed fragment of a client frame (RSV1 kept on a first fragment)."""
-        if self._input is not None or self._queue or self.paused():
+        if self.waiting or self.paused():
             self._enqueue((_FRAGMENT, header, payload, None))
             return
         self._fragment(header, payload)
@@ -385,7 +360,7 @@ class Inflater:
 
     def release(self) -> None:
         """The session is over: drop the links back to the leg (reference cycles)."""
-        self.inner = _DETACHED
+        self.inner = DETACHED_SINK
         self.paused = _never
         self.scanner = None
         self._queue = None
@@ -398,13 +373,13 @@ class Inflater:
         self.inner.on_pong(payload)
 
     def on_close(self, code: int, reason: str) -> None:
-        if self._input is not None or self._queue:
+        if self.waiting:
             self._enqueue((_CLOSE, code, reason, None))
         else:
             self.inner.on_close(code, reason)
 
     def on_violation(self, code: int, reason: str, final: bool) -> None:
-        if not self._refusing and (self._input is not None or self._queue):
+        if not self._refusing and self.waiting:
             self._enqueue((_VIOLATION, code, reason, final))
         else:
             self.inner.on_violation(code, reason, final)

@@ -45,7 +45,7 @@ from gateway.core.codec import (
     read_header,
 )
 
-__all__ = ["FrameScanner", "MessagePositions", "ScanMode", "ScannerSink"]
+__all__ = ["DETACHED_SINK", "FrameScanner", "MessagePositions", "ScanMode", "ScannerSink"]
 
 _SMALL_FRAME: Final = 125
 """Frames up to this payload size that a read cuts are held whole rather than re-headed."""
@@ -104,7 +104,7 @@ class MessagePositions(Protocol):
 
 
 class _DetachedSink:
-    """The sink of a finished leg's scanner: nothing is delivered any more."""
+    """The sink of a finished leg's scanner (and of a released inflater): nothing is delivered any more."""
 
     __slots__ = ()
 
@@ -127,7 +127,7 @@ class _DetachedSink:
         return None
 
 
-_DETACHED: Final = _DetachedSink()
+DETACHED_SINK: Final = _DetachedSink()
 
 
 class FrameScanner:
@@ -278,7 +278,7 @@ class FrameScanner:
         """Stop and forget the sink: the leg is finished, and the sink (which holds this scanner)
         must not be kept alive by it. Without the cycle, reference counting frees both at once."""
         self._set_mode(ScanMode.STOPPED)
-        self._sink = _DETACHED
+        self._sink = DETACHED_SINK
 
     def _set_mode(self, mode: ScanMode) -> None:
         if mode > self._mode:

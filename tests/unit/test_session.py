@@ -453,7 +453,6 @@ async def compressed_resumable_session_life(registry: dict[bytes, object]) -> No
     h.session.resume.issue_token()
     h.session.attach(h.client, h.client_flow, h.upstream, h.upstream_flow,  # type: ignore[arg-type]
                      compression=agreement)
-    h.session.client.pong_listener = h.session.resume
     h.from_client(_client_compressed([b"hello " * 20]))
     h.from_upstream(h.app_frame(Opcode.TEXT, b"from the app " * 20))
     h.session.client.transport_lost()  # a drop with no close frame: the session waits
