@@ -18,7 +18,7 @@ from gateway.reconnect import Recovery
 from gateway.session import Session, SessionState
 from gateway.upstream import UpstreamConnection, UpstreamProtocol
 from tests.fakes import FakeTransport, Harness, attach, open_session, settle
-from tests.support import client_frame
+from tests.support import async_wait_until, client_frame
 
 
 def close_frame(code: int, reason: str = "", *, masked: bool = True) -> bytes:
@@ -181,9 +181,9 @@ async def test_gateway_pings_and_answers_pings_on_both_legs() -> None:
     h.from_client(client_frame(Opcode.PING, b"are you there"))
     assert (True, Opcode.PONG, b"are you there") in h.client.frames()
     assert not h.upstream.frames()
-    await settle(0.06)
-    assert any(op == Opcode.PING for _, op, _ in h.client.frames())
-    assert any(op == Opcode.PING for _, op, _ in h.upstream.frames())
+    # Pings go out through the keepalive wheel: after the interval, up to one 50 ms slot later.
+    await async_wait_until(lambda: any(op == Opcode.PING for _, op, _ in h.client.frames())
+                           and any(op == Opcode.PING for _, op, _ in h.upstream.frames()), 2, "pings on both legs")
     h.session.client.stop_keepalive()
     h.session.upstream.stop_keepalive()
 
@@ -191,7 +191,7 @@ async def test_gateway_pings_and_answers_pings_on_both_legs() -> None:
 async def test_client_missing_pongs_is_closed_with_1011() -> None:
     """No pong within ping_timeout: client 1011 "keepalive ping timeout", app 1001; ping_timeouts counted."""
     h = attach(open_session({"client": {"ping_interval": "20ms", "ping_jitter": "0s", "ping_timeout": "20ms"}}))
-    await settle(0.1)
+    await async_wait_until(lambda: bool(h.client.close_frames()), 2, "the client's close")
     assert h.client.close_frames() == [(1011, "keepalive ping timeout")]
     assert h.upstream.close_frames() == [(1001, "client keepalive ping timeout")]
     assert h.registry.get_sample_value("ws_gateway_ping_timeouts_total", {"leg": "client"}) == 1
@@ -200,7 +200,8 @@ async def test_client_missing_pongs_is_closed_with_1011() -> None:
 async def test_app_missing_pongs_without_reconnection_is_1011_both_ways() -> None:
     """A frozen app with reconnection off: 1011 to the app and 1011 "upstream keepalive ping timeout" to the client."""
     h = attach(open_session({"upstream": {"ping_interval": "20ms", "ping_jitter": "0s", "ping_timeout": "20ms"}}))
-    await settle(0.1)
+    await async_wait_until(lambda: bool(h.upstream.close_frames()) and bool(h.client.close_frames()), 2,
+                           "both closes")
     assert h.upstream.close_frames() == [(1011, "keepalive ping timeout")]
     assert h.client.close_frames() == [(1011, "upstream keepalive ping timeout")]
 
