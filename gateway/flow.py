@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-__all__ = ["Backpressure", "Pausable", "WriteFlow"]
+__all__ = ["Backpressure", "FlowControlledProtocol", "Pausable", "WriteFlow"]
 
 
 class WriteFlow:
@@ -30,6 +30,58 @@ class WriteFlow:
     def __init__(self, is_paused: Callable[[], bool], wait_resumed: Callable[[], Awaitable[None]]) -> None:
         self.is_paused = is_paused
         self.wait_resumed = wait_resumed
+
+
+class FlowControlledProtocol(asyncio.Protocol):
+    """A raw connection protocol that keeps its transport's write-side state for a :class:`WriteFlow`.
+
+    The transport calls ``pause_writing``/``resume_writing`` around its high-water mark; a relay
+    asks :meth:`is_paused` per write and awaits :meth:`wait_resumed` only when it must hold. The
+    waiter is created on first use and fails with ConnectionResetError once the connection is lost.
+    """
+
+    __slots__ = ("_drain_waiter", "_lost", "paused")
+    _peer_name = "peer"
+    """Names the connection in the error a lost connection's waiter raises."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self._lost = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+        self._drain_waiter = None
+
+    def is_paused(self) -> bool:
+        """True while the transport's write buffer is over its high-water mark."""
+        return self.paused
+
+    async def wait_resumed(self) -> None:
+        """Wait until the transport's write buffer drains below its low-water mark."""
+        if self._lost:
+            raise ConnectionResetError(f"{self._peer_name} connection lost")
+        if not self.paused:
+            return
+        if self._drain_waiter is None:
+            self._drain_waiter = asyncio.get_running_loop().create_future()
+        await self._drain_waiter
+
+    def write_flow(self) -> WriteFlow:
+        """This connection's write-side flow control, as a leg holds it."""
+        return WriteFlow(self.is_paused, self.wait_resumed)
+
+    def _connection_gone(self) -> None:
+        """Called from ``connection_lost``: a relay waiting for a drain learns the connection is gone."""
+        self._lost = True
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_exception(ConnectionResetError(f"{self._peer_name} connection lost"))
+        self._drain_waiter = None
 
 
 class Pausable(Protocol):

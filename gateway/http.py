@@ -1,44 +1,54 @@
-"""The traffic port's HTTP layer: aiohttp's request handler with a request-head deadline and quiet errors.
+"""The traffic port's HTTP layer: one raw protocol per client connection, from request head to relay.
 
-aiohttp reads a client's request head with no time limit and logs every
-malformed request with a traceback. :class:`TrafficServer` makes aiohttp's
-per-connection :class:`~aiohttp.web_protocol.RequestHandler` a
-:class:`GuardedRequestHandler`, which:
+A client connection serves exactly one request, a WebSocket upgrade, and
+then carries frames; so the gateway reads the request head itself with
+llhttp (through httptools, Node.js's parser) instead of keeping a
+general-purpose HTTP server's request machinery for the connection's life.
+:class:`ClientConnection` is the connection's protocol:
 
-* refuses a new connection at once (503) when the connections still sending
-  their request head, plus the open sessions and upgrades under way, reach the
-  gateway's limit (:class:`HeadGuard`);
-* closes a connection whose request head is not complete within
-  ``client.handshake_timeout`` of its opening, with 408 (counted as
+* a new connection is refused at once (503) when the connections still
+  sending their request head, plus the open sessions and upgrades under way,
+  reach the gateway's limit (:class:`TrafficPort`);
+* the request head must be complete within ``client.handshake_timeout`` of
+  the connection's opening, else 408 (counted as
   ``handshake_failures_total{status="408"}``);
-* turns aiohttp's report of a malformed request (bad request line, header too
-  long, bad URL...) into one bounded, sanitised warning line with no
-  traceback, rate-limited with a count of what was suppressed, and counts it
-  by status.
+* a head over ``client.max_header_size`` (request line and headers) gets
+  431, one the parser rejects gets 400, as one bounded, sanitised warning
+  line with no traceback, rate-limited with a count of what was suppressed
+  (:class:`BadRequestLog`), and counted by status;
+* a complete head goes to the gateway's handler as a :class:`RequestHead`.
+  Reading stops until the handler either refuses (:meth:`ClientConnection.refuse`)
+  or answers 101 and hands every later read to a session
+  (:meth:`ClientConnection.relay`).
 
-This uses aiohttp internals (``RequestHandler``, ``web.Server``), like
-``set_parser`` in :mod:`gateway.server`: the version range is pinned in
-pyproject.toml and the tests cover both.
+A refusal is written, the sending side is shut (FIN), and what the client
+still sends is read and dropped for at most :data:`LINGER_SECONDS` before
+the connection closes: closing with unread input would make the kernel send
+a reset that can destroy the answer before the client reads it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
+import functools
 import logging
 import time
-from collections.abc import Callable
-from typing import Any, Final
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Final, cast
 
-from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
-from aiohttp.web_request import BaseRequest
+import httptools
 
-__all__ = ["BadRequestLog", "GuardedRequestHandler", "HeadGuard", "TrafficServer", "sanitise"]
+from gateway.flow import FlowControlledProtocol
+
+__all__ = ["LINGER_SECONDS", "BadRequestLog", "ClientConnection", "RequestHead", "TrafficPort", "sanitise"]
 
 logger = logging.getLogger("gateway.http")
 
-_TIMEOUT_ANSWER: Final = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-_FULL_ANSWER: Final = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+LINGER_SECONDS: Final = 2.0
+"""How long a refused connection's further input is read and dropped before it closes."""
 _LOGGED_BYTES: Final = 80
 """Most characters of a client-supplied value that a log line shows."""
 
@@ -47,6 +57,41 @@ def sanitise(text: object) -> str:
     """A client-supplied value made safe for one log line: printable ASCII, cut to 80 characters."""
     cleaned = "".join(c if " " <= c <= "~" else "?" for c in str(text))
     return cleaned[:_LOGGED_BYTES] + ("..." if len(cleaned) > _LOGGED_BYTES else "")
+
+
+def _reason_phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+def refusal_bytes(status: int, text: str, headers: Mapping[str, str] | None = None) -> bytes:
+    """An HTTP/1.1 answer that refuses the upgrade: ``text`` as a plain-text body, then the
+    connection closes (a ``Connection`` header given in ``headers`` gets ``close`` added)."""
+    body = (text + "\n").encode("utf-8")
+    connection = "close"
+    lines = [f"HTTP/1.1 {status} {_reason_phrase(status)}"]
+    for name, value in (headers or {}).items():
+        if name.lower() == "connection":
+            connection = f"{value}, close"
+        else:
+            lines.append(f"{name}: {value}")
+    lines += ["Content-Type: text/plain; charset=utf-8", f"Content-Length: {len(body)}",
+              f"Connection: {connection}", "", ""]
+    return "\r\n".join(lines).encode("latin-1") + body
+
+
+def switching_protocols_bytes(accept: str, subprotocol: str | None, extensions: str | None) -> bytes:
+    """The 101 answer to an upgrade (RFC 6455 4.2.2)."""
+    lines = ["HTTP/1.1 101 Switching Protocols", "Upgrade: websocket", "Connection: Upgrade",
+             f"Sec-WebSocket-Accept: {accept}"]
+    if subprotocol is not None:
+        lines.append(f"Sec-WebSocket-Protocol: {subprotocol}")
+    if extensions is not None:
+        lines.append(f"Sec-WebSocket-Extensions: {extensions}")
+    lines += ["", ""]
+    return "\r\n".join(lines).encode("latin-1")
 
 
 class BadRequestLog:
@@ -81,118 +126,306 @@ class BadRequestLog:
         return True
 
 
-class HeadGuard:
-    """Connections still sending their request head: counted against the gateway's limit, and timed.
+@dataclass(slots=True)
+class RequestHead:
+    """A client's request head as read: what the upgrade checks and header forwarding need."""
+
+    method: str
+    version: tuple[int, int]
+    target: str
+    """The request target exactly as sent."""
+    headers: list[tuple[str, str]]
+    """In order, duplicates kept, names as sent (latin-1)."""
+    peer_ip: str
+
+    def header(self, name: str) -> str | None:
+        """The first value of a header (case-insensitive), or None."""
+        lowered = name.lower()
+        for key, value in self.headers:
+            if key.lower() == lowered:
+                return value
+        return None
+
+
+Handler = Callable[["ClientConnection", RequestHead], Coroutine[object, object, None]]
+
+
+class TrafficPort:
+    """What every client connection of the traffic port shares: its limits, its counts and the handler.
 
     Args:
-        timeout: seconds a connection has to send its whole request head.
+        handler: runs the upgrade for a complete request head (the gateway's).
+        head_timeout: seconds a connection has to send its whole request head.
+        max_head: most bytes of a request head (request line and headers).
         has_room: tells whether one more connection fits (the gateway adds its sessions and upgrades).
-        on_failure: called with the HTTP status of every refusal made here (408, 503, 400, 431...).
+        on_failure: called with the HTTP status of every refusal made here (408, 503, 400, 431).
         bad_requests: where malformed requests are logged.
     """
 
     def __init__(
         self,
-        timeout: float,
+        handler: Handler,
+        head_timeout: float,
+        max_head: int,
         has_room: Callable[[int], bool],
         on_failure: Callable[[int], None],
         bad_requests: BadRequestLog,
     ) -> None:
-        self.timeout = timeout
+        self.handler = handler
+        self.head_timeout = head_timeout
+        self.max_head = max_head
         self.has_room = has_room
         self.on_failure = on_failure
         self.bad_requests = bad_requests
         self.waiting = 0
         """Connections whose request head has not been read yet."""
+        self.unsettled: set[ClientConnection] = set()
+        """Connections not relaying yet (reading a head, upgrading, lingering): closed with the port."""
+        self._tasks: set[asyncio.Task[None]] = set()
 
+    def connection(self) -> ClientConnection:
+        """The protocol factory for ``loop.create_server``."""
+        return ClientConnection(self)
 
-class GuardedRequestHandler(RequestHandler):
-    """aiohttp's per-connection handler with a request-head deadline and quiet error reports."""
+    def run_handler(self, connection: ClientConnection, head: RequestHead) -> None:
+        """Run the upgrade in a task of its own; it ends once the connection relays or is refused."""
+        task = asyncio.get_running_loop().create_task(self.handler(connection, head))
+        self._tasks.add(task)
+        task.add_done_callback(functools.partial(self._handler_done, connection))
 
-    __slots__ = ("_guard", "_head_deadline", "_waiting")
-
-    def __init__(self, manager: TrafficServer, **kwargs: Any) -> None:
-        super().__init__(manager, **kwargs)
-        self._guard = manager.guard
-        self._head_deadline: asyncio.TimerHandle | None = None
-        self._waiting = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        guard = self._guard
-        if not guard.has_room(guard.waiting):
-            guard.on_failure(503)
-            self._answer_and_close(_FULL_ANSWER)
+    def _handler_done(self, connection: ClientConnection, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            connection.abort()
             return
-        guard.waiting += 1
-        self._waiting = True
-        self._head_deadline = asyncio.get_running_loop().call_later(guard.timeout, self._head_timed_out)
+        error = task.exception()
+        if error is not None:
+            # Not something a client can cause by sending bytes: our own fault, with its traceback.
+            logger.error("internal error while handling a request from %s", sanitise(connection.peer()),
+                         exc_info=error)
+            self.on_failure(500)
+            connection.refuse(500, "internal error in the gateway")
 
-    def head_read(self) -> None:
-        """The request head is complete (the gateway's handler runs): the deadline no longer applies.
+    def close(self) -> None:
+        """Stop every upgrade under way and close every connection that does not relay yet."""
+        for task in list(self._tasks):
+            task.cancel()
+        for connection in list(self.unsettled):
+            connection.abort()
 
-        aiohttp's keep-alive timer goes too: the connection serves one request (an upgrade, or a
-        refusal that closes it), and a pending timer per idle session costs 700 bytes.
-        """
-        if self._head_deadline is not None:
-            self._head_deadline.cancel()
-            self._head_deadline = None
-        if self._keepalive_handle is not None:
-            self._keepalive_handle.cancel()
-            self._keepalive_handle = None
-        if self._waiting:
-            self._waiting = False
-            self._guard.waiting -= 1
+
+class _Phase(enum.Enum):
+    HEAD = "head"
+    """Reading the request head."""
+    UPGRADING = "upgrading"
+    """The head is read; the handler runs and reading is paused."""
+    SWITCHED = "switched"
+    """The 101 is written; the session is being set up and reading stays paused."""
+    RELAYING = "relaying"
+    """Every read goes to the session."""
+    REFUSED = "refused"
+    """Answered with an HTTP error; further input is dropped until the connection closes."""
+
+
+class ClientConnection(FlowControlledProtocol):
+    """One client TCP connection on the traffic port: its request head, then its frames."""
+
+    __slots__ = ("_deadline", "_feed", "_head_size", "_headers", "_on_lost", "_parser", "_phase", "_port",
+                 "_rest", "_url", "transport")
+    _peer_name = "client"
+
+    def __init__(self, port: TrafficPort) -> None:
+        super().__init__()
+        self._port = port
+        self.transport: asyncio.Transport | None = None
+        self._phase = _Phase.HEAD
+        self._parser: httptools.HttpRequestParser | None = None
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_size = 0
+        self._deadline: asyncio.TimerHandle | None = None
+        self._rest = b""
+        """Bytes that came after the request head in the same read."""
+        self._feed: Callable[[bytes], None] | None = None
+        self._on_lost: Callable[[], None] | None = None
+
+    # --- asyncio.Protocol ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's TCPTransport does not subclass asyncio.Transport; it has the same API.
+        self.transport = cast(asyncio.Transport, transport)
+        port = self._port
+        port.unsettled.add(self)
+        if not port.has_room(port.waiting):
+            port.on_failure(503)
+            self._answer(refusal_bytes(503, "the gateway holds its limit of sessions and connections"))
+            return
+        port.waiting += 1
+        self._parser = httptools.HttpRequestParser(self)
+        self._deadline = asyncio.get_running_loop().call_later(port.head_timeout, self._head_timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        feed = self._feed
+        if feed is not None:
+            feed(data)
+        elif self._phase is _Phase.HEAD:
+            self._read_head(data)
+        # UPGRADING and SWITCHED read nothing (paused); REFUSED input is dropped.
+
+    def eof_received(self) -> bool:
+        return False  # close: a client that stops sending is done (the session has its close frame)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._connection_gone()
+        self._end_head_wait()
+        self._port.unsettled.discard(self)
+        on_lost = self._on_lost
+        # The session's callbacks hold its leg, which holds the transport, which holds this protocol:
+        # drop them so that cycle does not outlive the connection.
+        self._feed = self._on_lost = None
+        self.transport = None
+        if on_lost is not None:
+            on_lost()
+
+    # --- httptools callbacks --------------------------------------------------------------
+    def on_url(self, url: bytes) -> None:
+        if self._phase is _Phase.HEAD:
+            self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._phase is _Phase.HEAD:
+            self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self._phase is _Phase.HEAD:
+            self._phase = _Phase.UPGRADING
+
+    # --- reading the head -------------------------------------------------------------------
+    def _read_head(self, data: bytes) -> None:
+        parser = self._parser
+        assert parser is not None
+        self._head_size += len(data)
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._rest = data[int(upgrade.args[0]):]
+        except httptools.HttpParserError as error:
+            if self._phase is _Phase.HEAD:  # an error after a complete head (in a body) is the checks' to refuse
+                self._refuse_malformed(400, str(error) or type(error).__name__)
+                return
+        if self._phase is _Phase.HEAD:
+            if self._head_size > self._port.max_head:
+                self._refuse_malformed(431, f"request head over {self._port.max_head} bytes")
+            return
+        # As sent with one space after each colon: "METHOD url HTTP/1.1\r\n", "name: value\r\n"..., "\r\n".
+        head_size = (len(parser.get_method()) + len(self._url) + 14
+                     + sum(len(k) + len(v) + 4 for k, v in self._headers))
+        if head_size > self._port.max_head:
+            self._refuse_malformed(431, f"request head of {head_size} bytes exceeds {self._port.max_head}")
+            return
+        self._head_complete(parser)
+
+    def _head_complete(self, parser: httptools.HttpRequestParser) -> None:
+        self._end_head_wait()
+        assert self.transport is not None
+        self.transport.pause_reading()
+        major, _, minor = parser.get_http_version().partition(".")
+        head = RequestHead(
+            parser.get_method().decode("latin-1"),
+            (int(major or 0), int(minor or 0)),
+            self._url.decode("latin-1"),
+            [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self._headers],
+            self.peer(),
+        )
+        self._parser = None
+        self._url = b""
+        self._headers = []
+        self._port.run_handler(self, head)
+
+    def _end_head_wait(self) -> None:
+        """The head is read, refused or abandoned: its deadline and its place in the count go."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+            self._port.waiting -= 1
 
     def _head_timed_out(self) -> None:
-        self._head_deadline = None
-        if self._waiting:
-            self._guard.on_failure(408)
-            self._answer_and_close(_TIMEOUT_ANSWER)
+        self._deadline = None
+        self._port.waiting -= 1
+        if self._phase is _Phase.HEAD:
+            self._port.on_failure(408)
+            self._answer(refusal_bytes(408, "the request head did not arrive in time"))
 
-    def _answer_and_close(self, answer: bytes) -> None:
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            transport.write(answer)
-        self.force_close()
-        if transport is not None:
-            transport.close()
+    def _refuse_malformed(self, status: int, problem: str) -> None:
+        self._end_head_wait()
+        self._port.on_failure(status)
+        self._port.bad_requests.report(status, self.peer(), problem)
+        self._answer(refusal_bytes(status, "malformed request" if status == 400 else problem))
 
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self.head_read()
-        super().connection_lost(exc)
+    # --- what the gateway's handler calls -------------------------------------------------------
+    def peer(self) -> str:
+        """The client's address as the socket has it."""
+        peername = self.transport.get_extra_info("peername") if self.transport is not None else None
+        return str(peername[0]) if peername else "unknown"
 
-    def handle_error(
-        self,
-        request: BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        """A malformed request: one quiet line (rate-limited), a count by status, then aiohttp's answer."""
-        self.head_read()
-        self._guard.on_failure(status)
-        peer = request.remote or "unknown"
-        if status == 500:
-            # Not something a client can cause by sending bytes: our own fault, with its traceback.
-            logger.error("internal error while handling a request from %s", sanitise(peer), exc_info=exc)
-        else:
-            self._guard.bad_requests.report(status, peer, str(exc) if exc is not None else (message or ""))
-        return super().handle_error(request, status, exc, message)
+    @property
+    def gone(self) -> bool:
+        """The connection is closed or closing (the client left during the upgrade, or it was refused)."""
+        return self.transport is None or self.transport.is_closing() or self._phase is _Phase.REFUSED
 
-    def log_exception(self, *args: Any, **kw: Any) -> None:
-        """aiohttp's own error lines: handle_error has already counted and logged the request."""
-        if args and str(args[0]).startswith("Error handling request"):
+    def refuse(self, status: int, text: str, headers: Mapping[str, str] | None = None) -> None:
+        """Answer with an HTTP error instead of the upgrade, then close."""
+        self._answer(refusal_bytes(status, text, headers))
+
+    def switch_protocols(self, accept: str, subprotocol: str | None, extensions: str | None = None) -> None:
+        """Write the 101 answer; frames may follow it at once."""
+        if self.transport is not None:
+            self._phase = _Phase.SWITCHED
+            self.transport.write(switching_protocols_bytes(accept, subprotocol, extensions))
+
+    def close_after(self, frame: bytes) -> None:
+        """Write a last frame (a close) after the 101 and close: an upgrade that ends at once."""
+        self._phase = _Phase.REFUSED
+        self._port.unsettled.discard(self)
+        if self.transport is not None:
+            self.transport.write(frame)
+            self.transport.close()
+
+    def relay(self, feed: Callable[[bytes], None], on_lost: Callable[[], None]) -> None:
+        """Hand every read to ``feed`` from now on (those that came with the head first), and tell
+        ``on_lost`` when the connection is gone."""
+        self._phase = _Phase.RELAYING
+        self._port.unsettled.discard(self)
+        self._on_lost = on_lost
+        rest, self._rest = self._rest, b""
+        if rest:
+            feed(rest)
+        if self.transport is None:  # lost while the session was set up
+            on_lost()
+            self._on_lost = None
             return
-        super().log_exception(*args, **kw)
+        self._feed = feed
+        self.transport.resume_reading()
 
+    def abort(self) -> None:
+        """Drop the connection at once (the gateway is closing, or the upgrade was cancelled)."""
+        if self.transport is not None:
+            self.transport.abort()
 
-class TrafficServer(web.Server):
-    """aiohttp's low-level server, making :class:`GuardedRequestHandler` connections."""
-
-    def __init__(self, handler: Any, guard: HeadGuard, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
-        self.guard = guard
-
-    def __call__(self) -> GuardedRequestHandler:
-        return GuardedRequestHandler(self, loop=self._loop, **self._kwargs)
+    def _answer(self, answer: bytes) -> None:
+        """Write an HTTP answer, shut the sending side, drop further input, close by LINGER_SECONDS."""
+        transport = self.transport
+        if self._phase is _Phase.SWITCHED and transport is not None:
+            transport.abort()  # after a 101 there is no HTTP answer left to give
+            return
+        self._phase = _Phase.REFUSED
+        self._parser = None
+        self._url, self._headers, self._rest = b"", [], b""
+        if transport is None or transport.is_closing():
+            return
+        transport.write(answer)
+        if transport.can_write_eof():
+            transport.write_eof()
+            transport.resume_reading()
+            asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
+        else:  # pragma: no cover - TCP transports can always write EOF
+            transport.close()

@@ -1,12 +1,11 @@
 """The gateway process: the traffic listener, the admin listener and graceful drain.
 
-aiohttp parses the client's HTTP upgrade request and routes it. The handler
-checks it, opens the upstream leg (:mod:`gateway.upstream`), answers the
-client with a 101 it writes itself, and hands the client connection's bytes
-to the session through ``request.protocol.set_parser()`` (an aiohttp
-internal: the aiohttp version range is pinned in pyproject.toml and the
-mechanism is covered by the integration tests). From then on no aiohttp
-message object is built: both legs are relayed frame by frame.
+Each client connection's protocol (:mod:`gateway.http`) reads its request
+head and hands it to :meth:`Gateway.handle`, which checks it, opens the
+upstream leg (:mod:`gateway.upstream`), writes the 101 and hands the
+connection's reads to the session: from then on both legs are relayed
+frame by frame. The admin port (/metrics, /healthz, /readyz) is an aiohttp
+application.
 
 SIGTERM (and SIGINT) start the drain: /readyz fails at once, the listener
 closes after ``drain.listener_delay``, open sessions get 1012 spread over
@@ -38,9 +37,8 @@ from gateway.core.handshake import accept_key
 from gateway.core.resume import MARKER, RESUME_REFUSED, ResumeOffer, hello, parse_offer, token_key
 from gateway.core.targets import TargetPool
 from gateway.core.upgrade import Refusal, check_upgrade
-from gateway.flow import WriteFlow
 from gateway.gcpolicy import tune_after_start
-from gateway.http import BadRequestLog, GuardedRequestHandler, HeadGuard, TrafficServer, sanitise
+from gateway.http import BadRequestLog, ClientConnection, RequestHead, TrafficPort, sanitise
 from gateway.metrics import GatewayMetrics
 from gateway.reconnect import Recovery, Reopen
 from gateway.resume import ResumeState
@@ -61,36 +59,6 @@ messages on this connection were sent to the lost upstream without its confirmat
 read them). An app that must not process a message twice de-duplicates those."""
 _READY_CACHE_SECONDS: Final = 1.0
 _READY_PROBE_TIMEOUT: Final = 1.0
-
-
-class _ClientFeeder:
-    """Receives the upgraded client connection's reads from aiohttp (``set_parser``).
-
-    ``ended`` (a resumed connection's) is set when the connection is gone: its handler waits for it.
-    """
-
-    __slots__ = ("ended", "feed", "lost")
-
-    def __init__(self, session: Session, ended: asyncio.Future[None] | None = None) -> None:
-        self.feed = session.client.scanner.feed
-        self.lost = session.client.transport_lost
-        self.ended = ended
-
-    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
-        self.feed(data)
-        return False, b""
-
-    def feed_eof(self) -> None:
-        self.lost()
-        if self.ended is not None and not self.ended.done():
-            self.ended.set_result(None)
-
-
-def _refuse(status: int, text: str, headers: dict[str, str] | None = None) -> web.Response:
-    """An HTTP refusal of the upgrade; the connection closes after it (no second request on it)."""
-    response = web.Response(status=status, text=text + "\n", headers=headers)
-    response.force_close()
-    return response
 
 
 class Gateway:
@@ -117,57 +85,80 @@ class Gateway:
                                          config.reconnect.max_backoff)
         """One maker of reconnect delays for every session (a closure per session cost memory)."""
         self._upstream_ok_at = 0.0
-        self._runners: list[web.BaseRunner] = []
-        self._traffic_site: web.TCPSite | None = None
+        self._admin_runner: web.BaseRunner | None = None
+        self._traffic: TrafficPort | None = None
+        self._traffic_server: asyncio.AbstractServer | None = None
         self.stopped = asyncio.Event()
 
     # --- traffic port -----------------------------------------------------------------
-    def _precheck(self, request: web.BaseRequest, headers: list[tuple[str, str]],
-                  resuming: bool = False) -> web.Response | str:
+    def _precheck(self, head: RequestHead, resuming: bool = False) -> Refusal | str:
         """Refuse what must not be relayed; else the request target to relay, in origin-form. A
         resume (``resuming``) adds no session, so ``max_sessions`` does not stop it."""
         client = self.config.client
         if self.draining:
-            return _refuse(503, "the gateway is shutting down; retry on another instance")
-        checked = check_upgrade(request.method, (request.version.major, request.version.minor),
-                                request.raw_path, headers)
+            return Refusal(503, "the gateway is shutting down; retry on another instance")
+        checked = check_upgrade(head.method, head.version, head.target, head.headers)
         if isinstance(checked, Refusal):
-            return _refuse(checked.status, checked.reason, checked.headers or None)
-        header_bytes = sum(len(k) + len(v) + 4 for k, v in headers)
-        if header_bytes > client.max_header_size:
-            return _refuse(431, f"request headers of {header_bytes} bytes exceed {client.max_header_size}")
-        origin = request.headers.get("Origin")
+            return checked
+        origin = head.header("Origin")
         if client.allowed_origins and origin is not None and origin.lower() not in client.allowed_origins:
-            return _refuse(403, f"origin {origin!r} is not allowed")
+            return Refusal(403, f"origin {origin!r} is not allowed")
         if not resuming and len(self.sessions) + self.handshakes >= self.config.max_sessions:
-            return _refuse(503, f"the gateway holds its limit of {self.config.max_sessions} sessions")
+            return Refusal(503, f"the gateway holds its limit of {self.config.max_sessions} sessions")
         return checked
 
     def _has_room(self, waiting_heads: int) -> bool:
         """Connections still sending their request head count against max_sessions with the sessions."""
         return len(self.sessions) + self.handshakes + waiting_heads < self.config.max_sessions
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        """Relay one client's WebSocket to the upstream, from handshake to the last close.
+    def _refuse(self, connection: ClientConnection, status: int, text: str,
+                headers: dict[str, str] | None = None) -> None:
+        """Answer the upgrade with an HTTP error (the connection closes after it), counted by status."""
+        self.metrics.handshake_failed(status)
+        connection.refuse(status, text, headers)
 
-        The long wait happens here, in a frame that holds only the request, the response and
-        the session: the handshake's headers and buffers are freed once the relay runs.
+    async def handle(self, connection: ClientConnection, head: RequestHead) -> None:
+        """One client's upgrade: check it, open the upstream, answer 101 and start relaying; or refuse.
+
+        It returns once the session relays: from then on the session lives on its connections'
+        callbacks, and this task's frame (the handshake's headers and buffers) is freed.
         """
-        protocol = request.protocol
-        if isinstance(protocol, GuardedRequestHandler):
-            protocol.head_read()
-        response, session = await self._open_session(request)
+        offered = offered_subprotocols(head.headers)
+        offer = parse_offer(offered)
+        resuming = offer.token is not None or offer.malformed
+        checked = self._precheck(head, resuming)
+        if isinstance(checked, Refusal):
+            self._refuse(connection, checked.status, checked.reason, checked.headers or None)
+            return
+        target_path = checked
+        compression = self._compression_for(head.headers)
+        if isinstance(compression, Refusal):
+            self._refuse(connection, compression.status, compression.reason)
+            return
+        if resuming:  # never relayed to the app, even with resume off (a token must not reach it)
+            self._resume(connection, head, offer, offered, compression)
+            return
+        per_client = self.config.client.max_sessions_per_client
+        forwarded = forward_headers(head.headers, head.peer_ip, self._networks)
+        if per_client:
+            held = self.per_client.get(forwarded.client_ip, 0)
+            if held >= per_client:
+                self._refuse(connection, 429, f"client {forwarded.client_ip} holds its limit of {per_client} sessions")
+                return
+            self.per_client[forwarded.client_ip] = held + 1
+        session = await self._connect_and_accept(connection, head, offered, offer, forwarded, target_path,
+                                                 compression)
         if session is None:
-            return response
+            self._client_left(forwarded.client_ip)
+            return
         self.sessions.add(session)
-        try:
-            await session.done
-        finally:
-            self.sessions.discard(session)
-            self._client_left(session.client_ip)
-            if session.target is not None:
-                self.pool.closed(session.target)
-        return response
+        session.done.add_done_callback(functools.partial(self._session_ended, session))
+
+    def _session_ended(self, session: Session, _: object) -> None:
+        self.sessions.discard(session)
+        self._client_left(session.client_ip)
+        if session.target is not None:
+            self.pool.closed(session.target)
 
     def _client_left(self, client_ip: str) -> None:
         if self.config.client.max_sessions_per_client:
@@ -177,41 +168,7 @@ class Gateway:
             else:
                 self.per_client.pop(client_ip, None)
 
-    async def _open_session(self, request: web.BaseRequest) -> tuple[web.StreamResponse, Session | None]:
-        """Check the request, open the upstream, answer 101 and start relaying; or refuse."""
-        raw_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
-        offered = offered_subprotocols(raw_headers)
-        offer = parse_offer(offered)
-        resuming = offer.token is not None or offer.malformed
-        checked = self._precheck(request, raw_headers, resuming)
-        if isinstance(checked, web.Response):
-            self.metrics.handshake_failed(checked.status)
-            return checked, None
-        target_path = checked
-        compression = self._compression_for(raw_headers)
-        if isinstance(compression, web.Response):
-            self.metrics.handshake_failed(compression.status)
-            return compression, None
-        if resuming:  # never relayed to the app, even with resume off (a token must not reach it)
-            return await self._resume(request, offer, offered, compression), None
-        client_config = self.config.client
-        peer = request.transport.get_extra_info("peername") if request.transport else None
-        peer_ip = peer[0] if peer else "unknown"
-        forwarded = forward_headers(raw_headers, peer_ip, self._networks)
-        per_client = client_config.max_sessions_per_client
-        if per_client:
-            held = self.per_client.get(forwarded.client_ip, 0)
-            if held >= per_client:
-                self.metrics.handshake_failed(429)
-                return _refuse(429, f"client {forwarded.client_ip} holds its limit of {per_client} sessions"), None
-            self.per_client[forwarded.client_ip] = held + 1
-        response, session = await self._connect_and_accept(request, offered, offer, forwarded, target_path,
-                                                           compression)
-        if session is None:
-            self._client_left(forwarded.client_ip)
-        return response, session
-
-    def _compression_for(self, headers: list[tuple[str, str]]) -> DeflateAgreement | str | web.Response:
+    def _compression_for(self, headers: list[tuple[str, str]]) -> DeflateAgreement | str | Refusal:
         """The permessage-deflate agreement for this client (gateway.core.compression); else the
         ``result`` label of what happened to its offer, or a 400 for a header that does not parse."""
         values = [value for name, value in headers if name.lower() == "sec-websocket-extensions"]
@@ -220,18 +177,19 @@ class Gateway:
         try:
             agreement = negotiate(", ".join(values), self.config.client.compression)
         except ExtensionHeaderError as exc:
-            return _refuse(400, f"malformed Sec-WebSocket-Extensions header: {exc}")
+            return Refusal(400, f"malformed Sec-WebSocket-Extensions header: {exc}")
         return "declined" if agreement is None else agreement
 
     async def _connect_and_accept(
         self,
-        request: web.BaseRequest,
+        connection: ClientConnection,
+        head: RequestHead,
         offered: list[str],
         offer: ResumeOffer,
         forwarded: ForwardedRequest,
         target_path: str,
         compression: DeflateAgreement | str,
-    ) -> tuple[web.StreamResponse, Session | None]:
+    ) -> Session | None:
         """Open the upstream leg, answer 101 and start relaying; or refuse as the upstream did.
         ``offered`` is the client's subprotocol offer, ``offer`` the gateway's part of it."""
         client_config = self.config.client
@@ -252,23 +210,26 @@ class Gateway:
                     self.metrics.upstream_connect,
                 )
         except TimeoutError:
-            self.metrics.handshake_failed(504)
-            return _refuse(504, "the upstream did not complete the handshake in time"), None
+            self._refuse(connection, 504, "the upstream did not complete the handshake in time")
+            return None
         except UpstreamUnavailable as exc:
-            status = 504 if exc.result is ConnectResult.TIMEOUT else 502
-            self.metrics.handshake_failed(status)
-            logger.warning("upstream unavailable for %s: %s", request.path, exc)
-            return _refuse(status, f"upstream unavailable: {exc}"), None
+            logger.warning("upstream unavailable for %s: %s", sanitise(target_path), exc)
+            self._refuse(connection, 504 if exc.result is ConnectResult.TIMEOUT else 502,
+                         f"upstream unavailable: {exc}")
+            return None
         except UpstreamRefused as exc:
-            self.metrics.handshake_failed(exc.status)
             if client_config.refusal is RefusalMode.CLOSE:
-                return await self._accept_and_close(request, exc.status), None
-            return _refuse(exc.status, f"upstream refused the WebSocket upgrade with HTTP {exc.status}"), None
+                self.metrics.handshake_failed(exc.status)
+                self._accept_and_close(connection, head, exc.status)
+            else:
+                self._refuse(connection, exc.status, f"upstream refused the WebSocket upgrade with HTTP {exc.status}")
+            return None
         finally:
             self.handshakes -= 1
-        if request.transport is None or request.transport.is_closing():
-            upstream.transport.abort()
-            return web.Response(status=499), None
+        client_transport = connection.transport
+        if client_transport is None or connection.gone:
+            upstream.transport.abort()  # the client left during the upgrade
+            return None
         subprotocol = upstream.subprotocol or (MARKER if resumable else None)
         if offered and subprotocol is None:
             # Allowed (RFC 6455 4.2.2), but browsers then fail the connection: say so once.
@@ -277,14 +238,12 @@ class Gateway:
                 sanitise(", ".join(offered)),
             )
         agreement = compression if isinstance(compression, DeflateAgreement) else None
-        response = self._switching_protocols(request, subprotocol,
-                                             agreement.response if agreement is not None else None)
-        await response.prepare(request)
+        self._switch_protocols(connection, head, subprotocol, agreement)
         self.metrics.compression_negotiated("negotiated" if agreement is not None else str(compression))
         session = Session(
             session_id,
             forwarded.client_ip,
-            request.path,
+            target_path.partition("?")[0],
             self.metrics,
             client_config,
             self.config.upstream,
@@ -305,58 +264,44 @@ class Gateway:
             assert subprotocol is not None
             session.resume = ResumeState(self.config.resume, self.resumable, session, subprotocol, session.client_gone)
             hello_text = hello(session.resume.issue_token(), self.config.resume.grace)
-            request.transport.write(build_frame(Opcode.TEXT, hello_text, masked=False))  # before any app message
-        client_protocol = request.protocol
+            client_transport.write(build_frame(Opcode.TEXT, hello_text, masked=False))  # before any app message
         session.attach(
-            request.transport,
-            WriteFlow(lambda: client_protocol.writing_paused, client_protocol._drain_helper),
+            client_transport,
+            connection.write_flow(),
             upstream.transport,
-            WriteFlow(upstream.protocol.is_paused, upstream.protocol.wait_resumed),
+            upstream.protocol.write_flow(),
             compression=agreement,
         )
         upstream.protocol.attach(session.upstream.scanner.feed, session.upstream.transport_lost, upstream.first_bytes)
-        client_protocol.set_parser(_ClientFeeder(session))  # type: ignore[arg-type]
-        return response, session
+        connection.relay(session.client.scanner.feed, session.client.transport_lost)
+        return session
 
-    async def _resume(self, request: web.BaseRequest, offer: ResumeOffer, offered: list[str],
-                      compression: DeflateAgreement | str) -> web.StreamResponse:
-        """A client resumes (docs/resume.md): splice its new connection into its session, and wait
-        here while that connection lasts; or refuse with 4410, the same way whatever the reason."""
+    def _resume(self, connection: ClientConnection, head: RequestHead, offer: ResumeOffer, offered: list[str],
+                compression: DeflateAgreement | str) -> None:
+        """A client resumes (docs/resume.md): splice its new connection into its session; or refuse
+        with 4410, the same way whatever the reason."""
         session = self.resumable.get(token_key(offer.token)) if offer.token is not None else None
         resume = session.resume if session is not None else None
-        if (session is None or resume is None or resume.subprotocol not in offered or request.transport is None
+        transport = connection.transport
+        if (session is None or resume is None or resume.subprotocol not in offered or transport is None
                 or not session.can_resume(offer.received)):
-            return await self._refuse_resume(request, offered)
+            self._switch_protocols(connection, head, MARKER if MARKER in offered else None)
+            self._close_resume(connection)
+            return
         agreement = compression if isinstance(compression, DeflateAgreement) else None
-        response = self._switching_protocols(request, resume.subprotocol,
-                                             agreement.response if agreement is not None else None)
-        await response.prepare(request)
-        client_protocol = request.protocol
-        flow = WriteFlow(lambda: client_protocol.writing_paused, client_protocol._drain_helper)
-        if request.transport is None or not session.splice_client(request.transport, flow, agreement,
-                                                                  offer.received):
-            self._close_resume(request)  # the session ended or changed while the 101 went out
-            return response
+        self._switch_protocols(connection, head, resume.subprotocol, agreement)
+        if not session.splice_client(transport, connection.write_flow(), agreement, offer.received):
+            self._close_resume(connection)  # cannot happen between can_resume and here: no await
+            return
         self.metrics.compression_negotiated("negotiated" if agreement is not None else str(compression))
-        ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        client_protocol.set_parser(_ClientFeeder(session, ended))  # type: ignore[arg-type]
-        await asyncio.wait((ended, session.done), return_when=asyncio.FIRST_COMPLETED)
-        return response
+        connection.relay(session.client.scanner.feed, session.client.transport_lost)
 
-    async def _refuse_resume(self, request: web.BaseRequest, offered: list[str]) -> web.StreamResponse:
-        """Upgrade, then close with 4410: what a browser can see of a refused resume. The 101 names
-        the resumable marker (a browser that offered subprotocols fails a 101 naming none)."""
-        response = self._switching_protocols(request, MARKER if MARKER in offered else None)
-        await response.prepare(request)
-        self._close_resume(request)
-        return response
-
-    def _close_resume(self, request: web.BaseRequest) -> None:
+    def _close_resume(self, connection: ClientConnection) -> None:
+        """What a browser can see of a refused resume: a 101 (naming the resumable marker, since a
+        browser that offered subprotocols fails a 101 naming none), then close 4410."""
         self.metrics.client_resume("refused")
-        if request.transport is not None:
-            payload = build_close_payload(RESUME_REFUSED, "session cannot be resumed")
-            request.transport.write(build_frame(Opcode.CLOSE, payload, masked=False))
-            request.transport.close()
+        payload = build_close_payload(RESUME_REFUSED, "session cannot be resumed")
+        connection.close_after(build_frame(Opcode.CLOSE, payload, masked=False))
 
     def _reopener(
         self, session: Session, path: str, headers: list[tuple[str, str]], offered: list[str]
@@ -389,33 +334,19 @@ class Gateway:
         return reopen
 
     @staticmethod
-    def _switching_protocols(request: web.BaseRequest, subprotocol: str | None,
-                             extensions: str | None = None) -> web.StreamResponse:
-        response = web.StreamResponse(
-            status=101,
-            headers={
-                "Upgrade": "websocket",
-                "Connection": "Upgrade",
-                "Sec-WebSocket-Accept": accept_key(request.headers["Sec-WebSocket-Key"]),
-            },
-        )
-        if subprotocol is not None:
-            response.headers["Sec-WebSocket-Protocol"] = subprotocol
-        if extensions is not None:
-            response.headers["Sec-WebSocket-Extensions"] = extensions
-        response.force_close()
-        return response
+    def _switch_protocols(connection: ClientConnection, head: RequestHead, subprotocol: str | None,
+                          agreement: DeflateAgreement | None = None) -> None:
+        key = head.header("Sec-WebSocket-Key")
+        assert key is not None  # check_upgrade refuses a request without one
+        connection.switch_protocols(accept_key(key.strip()), subprotocol,
+                                    agreement.response if agreement is not None else None)
 
-    async def _accept_and_close(self, request: web.BaseRequest, status: int) -> web.StreamResponse:
+    def _accept_and_close(self, connection: ClientConnection, head: RequestHead, status: int) -> None:
         """Refusal mode ``close``: upgrade, then close with 4000 + status so browsers see why."""
-        response = self._switching_protocols(request, None)
-        await response.prepare(request)
+        self._switch_protocols(connection, head, None)
         code = 4000 + status if 100 <= status <= 999 else int(CloseCode.POLICY_VIOLATION)
         reason = f"upstream refused the WebSocket upgrade with HTTP {status}"
-        if request.transport is not None:
-            request.transport.write(build_frame(Opcode.CLOSE, build_close_payload(code, reason), masked=False))
-            request.transport.close()
-        return response
+        connection.close_after(build_frame(Opcode.CLOSE, build_close_payload(code, reason), masked=False))
 
     # --- admin port -------------------------------------------------------------------
     async def _upstream_reachable(self) -> bool:
@@ -453,30 +384,21 @@ class Gateway:
     async def start(self) -> None:
         """Bind the traffic and admin listeners."""
         client = self.config.client
-        guard = HeadGuard(client.handshake_timeout, self._has_room, self.metrics.handshake_failed, BadRequestLog())
-        # The low-level server: every path goes to handle() (no router), and each connection gets a
-        # request-head deadline and quiet error reports (gateway.http).
-        traffic = TrafficServer(
-            self.handle,
-            guard,
-            access_log=None,
-            max_line_size=client.max_header_size,
-            max_field_size=client.max_header_size,
-        )
+        # Every connection gets a request-head deadline, a head size limit and quiet error reports
+        # (gateway.http); every complete head goes to handle(), whatever its path.
+        self._traffic = TrafficPort(self.handle, client.handshake_timeout, client.max_header_size, self._has_room,
+                                    self.metrics.handshake_failed, BadRequestLog())
         admin = web.Application()
         admin.router.add_get("/metrics", make_aiohttp_handler(self.metrics.registry))
         admin.router.add_get("/healthz", self.healthz)
         admin.router.add_get("/readyz", self.readyz)
-        traffic_runner = web.ServerRunner(traffic, handle_signals=False)
-        admin_runner = web.AppRunner(admin, access_log=None, handle_signals=False)
-        for runner in (traffic_runner, admin_runner):
-            await runner.setup()
-            self._runners.append(runner)
+        self._admin_runner = web.AppRunner(admin, access_log=None, handle_signals=False)
+        await self._admin_runner.setup()
         host, port = parse_host_port(self.config.listen)
-        self._traffic_site = web.TCPSite(traffic_runner, host, port, backlog=1024)
-        await self._traffic_site.start()
+        self._traffic_server = await asyncio.get_running_loop().create_server(
+            self._traffic.connection, host, port, backlog=1024)
         admin_host, admin_port = parse_host_port(self.config.admin_listen)
-        await web.TCPSite(admin_runner, admin_host, admin_port).start()
+        await web.TCPSite(self._admin_runner, admin_host, admin_port).start()
         self.metrics.set_ready(True)
         logger.info(
             "listening",
@@ -515,8 +437,8 @@ class Gateway:
         drain = self.config.drain
         deadline = time.monotonic() + drain.timeout
         await asyncio.sleep(drain.listener_delay)
-        if self._traffic_site is not None:
-            await self._traffic_site.stop()
+        if self._traffic_server is not None:
+            self._traffic_server.close()  # stop listening; the connections stay
         sessions = list(self.sessions)
         loop = asyncio.get_running_loop()
         for index, session in enumerate(sessions):
@@ -532,10 +454,18 @@ class Gateway:
         self.stopped.set()
 
     async def close(self) -> None:
-        """Release the listeners."""
-        for runner in self._runners:
-            await runner.cleanup()
-        self._runners.clear()
+        """Release the listeners and drop every connection still open (after a drain, none)."""
+        if self._traffic_server is not None:
+            self._traffic_server.close()
+            self._traffic_server = None
+        if self._traffic is not None:
+            self._traffic.close()
+        for session in list(self.sessions):
+            session.client.abort()
+            session.upstream.abort()
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+            self._admin_runner = None
 
 
 async def run_gateway(config: GatewayConfig) -> None:

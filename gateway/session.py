@@ -499,7 +499,7 @@ class Session(ClientResume):
         self.retired.fragmented_messages += old.fragmented_messages
         self.retired.discarded_messages += old.discarded_messages
         protocol = connection.protocol
-        upstream = self._new_upstream_leg(connection.transport, WriteFlow(protocol.is_paused, protocol.wait_resumed))
+        upstream = self._new_upstream_leg(connection.transport, protocol.write_flow())
         replay = buffer.drain()
         if replay:
             connection.transport.write(replay)

@@ -103,6 +103,6 @@ def configure_logging(level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    # aiohttp reports malformed requests with tracebacks (at debug for some): gateway.http logs
-    # them as one rate-limited line instead, whatever log_level says.
+    # The admin port is aiohttp's, which reports malformed requests with tracebacks (at debug for
+    # some); the traffic port's are gateway.http's one rate-limited line. Keep aiohttp's quiet.
     logging.getLogger("aiohttp.server").setLevel(max(logging.WARNING, root.level))

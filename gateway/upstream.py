@@ -31,6 +31,7 @@ from gateway.core.handshake import (
     parse_upgrade_response,
 )
 from gateway.core.targets import Target, TargetPool
+from gateway.flow import FlowControlledProtocol
 
 __all__ = [
     "ConnectResult",
@@ -89,10 +90,13 @@ def _mark_retrieved(future: asyncio.Future[tuple[bytes, bytes]]) -> None:
         future.exception()
 
 
-class UpstreamProtocol(asyncio.Protocol):
+class UpstreamProtocol(FlowControlledProtocol):
     """Raw protocol for the upstream TCP connection (handshake, then frames)."""
 
+    _peer_name = "upstream"
+
     def __init__(self) -> None:
+        super().__init__()
         self.transport: asyncio.Transport | None = None
         self.head: asyncio.Future[tuple[bytes, bytes]] | None = asyncio.get_running_loop().create_future()
         """Resolves with (response head, bytes after it); None once a session is attached."""
@@ -103,10 +107,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self._feed: Callable[[bytes], None] | None = None
         self._on_lost: Callable[[bool], None] | None = None
         self._early: list[bytes] = []
-        self._lost = False
         self._reset = False
-        self.paused = False
-        self._drain_waiter: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TCPTransport does not subclass asyncio.Transport; it has the same API.
@@ -133,43 +134,18 @@ class UpstreamProtocol(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._lost = True
+        self._connection_gone()
         self._reset = exc is not None  # a reset or a failed write, not the app's orderly close
         if self.head is not None and not self.head.done():
             self.head.set_exception(
                 UpstreamUnavailable(ConnectResult.ERROR, "upstream closed the connection during the handshake")
             )
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_exception(ConnectionResetError("upstream connection lost"))
         if self._on_lost is not None:
             self._on_lost(self._reset)
         # The session's callbacks hold its leg, which holds the transport, which holds this protocol:
         # drop them so that cycle does not outlive the connection.
         self._feed = self._on_lost = None
         self.transport = None
-
-    def pause_writing(self) -> None:
-        self.paused = True
-
-    def resume_writing(self) -> None:
-        self.paused = False
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_result(None)
-        self._drain_waiter = None
-
-    def is_paused(self) -> bool:
-        """True while the transport's write buffer is over its high-water mark."""
-        return self.paused
-
-    async def wait_resumed(self) -> None:
-        """Wait until the transport's write buffer drains below its low-water mark."""
-        if self._lost:
-            raise ConnectionResetError("upstream connection lost")
-        if not self.paused:
-            return
-        if self._drain_waiter is None:
-            self._drain_waiter = asyncio.get_running_loop().create_future()
-        await self._drain_waiter
 
     def attach(self, feed: Callable[[bytes], None], on_lost: Callable[[bool], None], first: bytes) -> None:
         """Hand reads to ``feed`` from now on, starting with bytes that came with the handshake."""

@@ -1,0 +1,208 @@
+"""The traffic port's connection protocol on a real loopback socket: head, refusals, handing over to a session."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+
+import pytest
+
+from gateway.http import BadRequestLog, ClientConnection, RequestHead, TrafficPort
+from tests.support import scaled
+
+UPGRADE_HEAD = (
+    b"GET /ws/echo?x=1 HTTP/1.1\r\nHost: example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"X-Twice: one\r\nX-Twice: two\r\n\r\n"
+)
+
+
+@dataclass
+class Recorder:
+    """What the port told the test: heads handed over, refusal statuses, bytes relayed, losses."""
+
+    heads: list[RequestHead] = field(default_factory=list)
+    failures: list[int] = field(default_factory=list)
+    relayed: bytearray = field(default_factory=bytearray)
+    lost: asyncio.Event = field(default_factory=asyncio.Event)
+    handed_over: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+Behaviour = Callable[[ClientConnection, RequestHead, Recorder], Awaitable[None]]
+
+
+async def relay_everything(connection: ClientConnection, head: RequestHead, seen: Recorder) -> None:
+    """A stand-in session: answer 101 and keep every later byte."""
+    connection.switch_protocols("accept-value", None)
+    connection.relay(seen.relayed.extend, seen.lost.set)
+    seen.handed_over.set()
+
+
+@asynccontextmanager
+async def traffic_port(
+    behaviour: Behaviour = relay_everything, *, head_timeout: float = 10.0, max_head: int = 1024,
+    room: bool = True,
+) -> AsyncIterator[tuple[TrafficPort, Recorder, int]]:
+    """A TrafficPort listening on 127.0.0.1 (an ephemeral port), closed when the block ends."""
+    seen = Recorder()
+
+    async def handler(connection: ClientConnection, head: RequestHead) -> None:
+        seen.heads.append(head)
+        await behaviour(connection, head, seen)
+
+    port = TrafficPort(handler, head_timeout, max_head, lambda waiting: room, seen.failures.append,
+                       BadRequestLog())
+    server = await asyncio.get_running_loop().create_server(port.connection, "127.0.0.1", 0)
+    try:
+        yield port, seen, server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        port.close()
+        await server.wait_closed()
+
+
+async def exchange(port_number: int, *writes: bytes) -> bytes:
+    """Write each chunk (draining in between), then read until the gateway closes its side."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_number)
+    try:
+        for chunk in writes:
+            writer.write(chunk)
+            await writer.drain()
+        return await asyncio.wait_for(reader.read(), scaled(5))
+    finally:
+        writer.close()
+
+
+async def test_a_head_dribbled_byte_by_byte_is_read_whole_in_order() -> None:
+    async with traffic_port() as (port, seen, number):
+        reader, writer = await asyncio.open_connection("127.0.0.1", number)
+        for byte in UPGRADE_HEAD:
+            writer.write(bytes([byte]))
+            await writer.drain()
+        await asyncio.wait_for(seen.handed_over.wait(), scaled(5))
+        head = seen.heads[0]
+        assert (head.method, head.target, head.version) == ("GET", "/ws/echo?x=1", (1, 1))
+        assert [v for k, v in head.headers if k == "X-Twice"] == ["one", "two"]
+        assert head.header("upgrade") == "websocket" and head.peer_ip == "127.0.0.1"
+        assert port.waiting == 0 and not port.unsettled
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+        writer.close()
+        await asyncio.wait_for(seen.lost.wait(), scaled(5))
+
+
+async def test_bytes_sent_with_the_head_reach_the_session_before_later_ones() -> None:
+    async with traffic_port() as (_, seen, number):
+        _reader, writer = await asyncio.open_connection("127.0.0.1", number)
+        writer.write(UPGRADE_HEAD + b"first frame")
+        await asyncio.wait_for(seen.handed_over.wait(), scaled(5))
+        writer.write(b", second")
+        await writer.drain()
+        await asyncio.wait_for(_until(lambda: bytes(seen.relayed) == b"first frame, second"), scaled(5))
+        writer.close()
+
+
+async def test_a_head_that_never_ends_is_cut_at_the_bound_with_431() -> None:
+    async with traffic_port(max_head=1024) as (port, seen, number):
+        answer = await exchange(number, b"GET / HTTP/1.1\r\nX-Long: " + b"a" * 2048)
+        assert answer.startswith(b"HTTP/1.1 431 ") and b"Connection: close\r\n" in answer
+        assert seen.failures == [431] and not seen.heads and port.waiting == 0
+
+
+async def test_a_complete_head_one_byte_over_the_bound_is_431_and_never_reaches_the_handler() -> None:
+    async with traffic_port(max_head=len(UPGRADE_HEAD) - 1) as (_, seen, number):
+        answer = await exchange(number, UPGRADE_HEAD)
+        assert answer.startswith(b"HTTP/1.1 431 ")
+        assert seen.failures == [431] and not seen.heads
+
+
+async def test_a_head_of_exactly_the_bound_is_handed_over() -> None:
+    async with traffic_port(max_head=len(UPGRADE_HEAD)) as (_, seen, number):
+        _, writer = await asyncio.open_connection("127.0.0.1", number)
+        writer.write(UPGRADE_HEAD)
+        await asyncio.wait_for(seen.handed_over.wait(), scaled(5))
+        assert seen.failures == [] and len(seen.heads) == 1
+        writer.close()
+
+
+async def test_a_malformed_head_is_400_in_one_line_and_later_input_is_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with traffic_port() as (_, seen, number):
+        with caplog.at_level(logging.WARNING, logger="gateway.http"):
+            answer = await exchange(number, b"NOT HTTP AT ALL\r\n\r\n", b"more input " * 100)
+        assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n") and answer.endswith(b"malformed request\n")
+        assert seen.failures == [400] and not seen.heads
+        lines = [r for r in caplog.records if r.name == "gateway.http"]
+        assert len(lines) == 1 and lines[0].exc_info is None and "answered 400" in lines[0].getMessage()
+
+
+async def test_a_slow_head_gets_408_at_the_deadline() -> None:
+    async with traffic_port(head_timeout=scaled(0.3)) as (port, seen, number):
+        answer = await exchange(number, b"GET / HTTP/1.1\r\nHost: exa")
+        assert answer.startswith(b"HTTP/1.1 408 ")
+        assert seen.failures == [408] and port.waiting == 0
+
+
+async def test_no_room_is_503_before_a_byte_is_read() -> None:
+    async with traffic_port(room=False) as (port, seen, number):
+        answer = await exchange(number)
+        assert answer.startswith(b"HTTP/1.1 503 ")
+        assert seen.failures == [503] and port.waiting == 0
+
+
+async def test_a_refusal_keeps_the_handlers_headers_and_closes() -> None:
+    async def refuse(connection: ClientConnection, head: RequestHead, seen: Recorder) -> None:
+        connection.refuse(426, "upgrade required", {"Upgrade": "websocket", "Connection": "Upgrade"})
+
+    async with traffic_port(refuse) as (_, _seen, number):
+        answer = await exchange(number, UPGRADE_HEAD)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 426 Upgrade Required\r\n")
+        assert b"\r\nUpgrade: websocket\r\n" in head and b"\r\nConnection: Upgrade, close" in head
+        assert body == b"upgrade required\n"
+
+
+async def test_a_failing_handler_is_500_with_its_traceback_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    async def fail(connection: ClientConnection, head: RequestHead, seen: Recorder) -> None:
+        raise RuntimeError("a bug of ours")
+
+    async with traffic_port(fail) as (_, seen, number):
+        with caplog.at_level(logging.ERROR, logger="gateway.http"):
+            answer = await exchange(number, UPGRADE_HEAD)
+        assert answer.startswith(b"HTTP/1.1 500 ") and seen.failures == [500]
+        errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(errors) == 1 and errors[0].exc_info is not None
+
+
+async def test_a_handler_failing_after_its_101_drops_the_connection_without_an_http_answer() -> None:
+    async def fail_late(connection: ClientConnection, head: RequestHead, seen: Recorder) -> None:
+        connection.switch_protocols("accept-value", None)
+        raise RuntimeError("a bug of ours, after the 101")
+
+    async with traffic_port(fail_late) as (_, _seen, number):
+        try:
+            answer = await exchange(number, UPGRADE_HEAD)
+        except ConnectionResetError:  # the abort may reach the client as a reset
+            answer = b""
+        assert b"500" not in answer and (answer == b"" or answer.startswith(b"HTTP/1.1 101 "))
+
+
+async def test_closing_the_port_drops_connections_still_sending_their_head() -> None:
+    async with traffic_port() as (port, _seen, number):
+        reader, writer = await asyncio.open_connection("127.0.0.1", number)
+        writer.write(b"GET / HTTP/1.1\r\n")
+        await writer.drain()
+        await asyncio.wait_for(_until(lambda: port.waiting == 1), scaled(5))
+        port.close()
+        with suppress(ConnectionResetError):
+            assert await asyncio.wait_for(reader.read(), scaled(5)) == b""
+        await asyncio.wait_for(_until(lambda: not port.unsettled and port.waiting == 0), scaled(5))
+        writer.close()
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Return once ``condition`` holds (callers bound the wait)."""
+    while not condition():
+        await asyncio.sleep(0.01)
