@@ -88,3 +88,15 @@ def test_idle_memory_report_attributes_what_idle_sessions_hold() -> None:
     total = next(line for line in result.stdout.splitlines() if line.startswith("total:"))
     assert int(total.split()[1].replace(",", "")) > 1000, total
     assert "gateway/leg.py:" in result.stdout and "gateway/session.py:" in result.stdout, result.stdout
+
+
+def test_handshake_profile_measures_the_gateway_next_to_nginx_and_splits_the_profile() -> None:
+    """`python -m bench.handshake_profile --sessions 200`: every session upgraded, echoed and closed through
+    NGINX and the gateway (a failed one stops the script), both CPU rows and the profile's split reported."""
+    result = subprocess.run([sys.executable, "-m", "bench.handshake_profile", "--sessions", "200", "--top", "5"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=scaled(180), check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): line for line in result.stdout.splitlines() if line.startswith("| ")}
+    assert "ws-gateway" in rows and "nginx" in rows, result.stdout
+    assert int(rows["ws-gateway"].split("|")[2].strip().replace(",", "")) > 0, rows["ws-gateway"]
+    assert "| gateway/http.py |" in result.stdout and "| gateway/upstream.py |" in result.stdout, result.stdout
