@@ -36,7 +36,7 @@ from pathlib import Path
 import uvloop
 
 from bench.proxies import nginx_command
-from bench.run import CLOCK_TICKS, HOST, ROOT, free_port, process_tree, wait_port
+from bench.run import CLOCK_TICKS, HOST, ROOT, free_port, in_process_gateway, process_tree, wait_port
 
 CLOSE_FRAME = b"\x88\x82\x00\x00\x00\x00\x03\xe8"  # masked (zero key) close 1000
 
@@ -82,15 +82,7 @@ async def profile(count: int, concurrency: int, upstream_port: int) -> Profiled:
     """Run the gateway here and the clients in a child: first without the profiler (the process's user and
     system CPU over ``count`` sessions), then with it; the profile, its CPU seconds, the clients' wall time
     under the profiler, and the CPU times of the run without it."""
-    from gateway.core.config import load_config
-    from gateway.server import Gateway
-
-    port = free_port()
-    config = load_config(overrides={"listen": f"{HOST}:{port}", "admin_listen": f"{HOST}:{free_port()}",
-                                    "log_level": "warning", "upstream": {"url": f"ws://{HOST}:{upstream_port}"}},
-                         environ={})
-    gateway = Gateway(config)
-    await gateway.start()
+    gateway, port = await in_process_gateway(upstream_port)
     try:
         await spawn_clients(port, 50, concurrency)  # warm every code path before measuring
         before = os.times()

@@ -24,7 +24,7 @@ import sys
 import tracemalloc
 from pathlib import Path
 
-from bench.run import HOST, ROOT, free_port, wait_port
+from bench.run import HOST, ROOT, free_port, in_process_gateway, wait_port
 
 
 async def idle_client(port: int, opened: list[asyncio.StreamWriter]) -> None:
@@ -48,15 +48,7 @@ async def hold_clients(port: int, count: int) -> None:
 
 
 async def measure(sessions: int, app_port: int) -> tuple[tracemalloc.Snapshot, tracemalloc.Snapshot, int]:
-    from gateway.core.config import load_config
-    from gateway.server import Gateway
-
-    port = free_port()
-    config = load_config(overrides={"listen": f"{HOST}:{port}", "admin_listen": f"{HOST}:{free_port()}",
-                                    "log_level": "warning", "upstream": {"url": f"ws://{HOST}:{app_port}"}},
-                         environ={})
-    gateway = Gateway(config)
-    await gateway.start()
+    gateway, port = await in_process_gateway(app_port)
     warm = await asyncio.create_subprocess_exec(sys.executable, "-m", "bench.idle_memory", "--client-child",
                                                 str(port), "1", cwd=ROOT, stdout=asyncio.subprocess.PIPE)
     clients = None

@@ -39,11 +39,15 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 import uvloop
 
 from bench.proxies import haproxy_command, nginx_command
+
+if TYPE_CHECKING:
+    from gateway.server import Gateway
 
 HOST = "127.0.0.1"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -74,6 +78,21 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
+
+
+async def in_process_gateway(upstream_port: int) -> tuple[Gateway, int]:
+    """A gateway in this process (its default configuration, warnings only) in front of
+    ``ws://127.0.0.1:upstream_port``, started; and its traffic port."""
+    from gateway.core.config import load_config
+    from gateway.server import Gateway
+
+    port = free_port()
+    config = load_config(overrides={"listen": f"{HOST}:{port}", "admin_listen": f"{HOST}:{free_port()}",
+                                    "log_level": "warning", "upstream": {"url": f"ws://{HOST}:{upstream_port}"}},
+                         environ={})
+    gateway = Gateway(config)
+    await gateway.start()
+    return gateway, port
 
 
 def wait_port(port: int, process: subprocess.Popen[bytes], timeout: float = 20) -> None:

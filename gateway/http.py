@@ -41,6 +41,7 @@ from typing import Final, cast
 
 import httptools
 
+from gateway.core.handshake import first_header
 from gateway.flow import FlowControlledProtocol
 
 __all__ = ["LINGER_SECONDS", "BadRequestLog", "ClientConnection", "RequestHead", "TrafficPort", "sanitise"]
@@ -140,11 +141,7 @@ class RequestHead:
 
     def header(self, name: str) -> str | None:
         """The first value of a header (case-insensitive), or None."""
-        lowered = name.lower()
-        for key, value in self.headers:
-            if key.lower() == lowered:
-                return value
-        return None
+        return first_header(self.headers, name)
 
 
 Handler = Callable[["ClientConnection", RequestHead], Coroutine[object, object, None]]
