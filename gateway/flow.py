@@ -68,9 +68,10 @@ class FlowControlledProtocol(asyncio.Protocol):
             raise ConnectionResetError(f"{self._peer_name} connection lost")
         if not self.paused:
             return
-        if self._drain_waiter is None:
+        if self._drain_waiter is None or self._drain_waiter.done():
             self._drain_waiter = asyncio.get_running_loop().create_future()
-        await self._drain_waiter
+        # Shielded: a waiter that is cancelled (a timeout) must not cancel the future others share.
+        await asyncio.shield(self._drain_waiter)
 
     def write_flow(self) -> WriteFlow:
         """This connection's write-side flow control, as a leg holds it."""

@@ -44,12 +44,18 @@ import httptools
 from gateway.core.handshake import first_header
 from gateway.flow import FlowControlledProtocol
 
-__all__ = ["LINGER_SECONDS", "BadRequestLog", "ClientConnection", "RequestHead", "TrafficPort", "sanitise"]
+__all__ = ["LINGER_SECONDS", "MAX_HEADERS", "MAX_LINGERING", "BadRequestLog", "ClientConnection", "RequestHead",
+           "TrafficPort", "sanitise"]
 
 logger = logging.getLogger("gateway.http")
 
 LINGER_SECONDS: Final = 2.0
 """How long a refused connection's further input is read and dropped before it closes."""
+MAX_LINGERING: Final = 1024
+"""Most refused connections lingering at once; past it a refusal closes at once (a flood at the
+limit must not hold file descriptors for LINGER_SECONDS each)."""
+MAX_HEADERS: Final = 128
+"""Most header fields in a request head (aiohttp's default, which the traffic port had before)."""
 _LOGGED_BYTES: Final = 80
 """Most characters of a client-supplied value that a log line shows."""
 
@@ -176,6 +182,8 @@ class TrafficPort:
         self.bad_requests = bad_requests
         self.waiting = 0
         """Connections whose request head has not been read yet."""
+        self.lingering = 0
+        """Refused connections reading and dropping input before they close (at most MAX_LINGERING)."""
         self.unsettled: set[ClientConnection] = set()
         """Connections not relaying yet (reading a head, upgrading, lingering): closed with the port."""
         self._tasks: set[asyncio.Task[None]] = set()
@@ -227,8 +235,8 @@ class _Phase(enum.Enum):
 class ClientConnection(FlowControlledProtocol):
     """One client TCP connection on the traffic port: its request head, then its frames."""
 
-    __slots__ = ("_deadline", "_feed", "_head_size", "_headers", "_on_lost", "_parser", "_phase", "_port",
-                 "_rest", "_url", "transport")
+    __slots__ = ("_deadline", "_feed", "_head_size", "_headers", "_lingering", "_on_lost", "_parser", "_phase",
+                 "_port", "_rest", "_url", "transport")
     _peer_name = "client"
 
     def __init__(self, port: TrafficPort) -> None:
@@ -243,6 +251,7 @@ class ClientConnection(FlowControlledProtocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._rest = b""
         """Bytes that came after the request head in the same read."""
+        self._lingering = False
         self._feed: Callable[[bytes], None] | None = None
         self._on_lost: Callable[[], None] | None = None
 
@@ -275,6 +284,9 @@ class ClientConnection(FlowControlledProtocol):
         self._connection_gone()
         self._end_head_wait()
         self._port.unsettled.discard(self)
+        if self._lingering:
+            self._lingering = False
+            self._port.lingering -= 1
         on_lost = self._on_lost
         # The session's callbacks hold its leg, which holds the transport, which holds this protocol:
         # drop them so that cycle does not outlive the connection.
@@ -289,8 +301,10 @@ class ClientConnection(FlowControlledProtocol):
             self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._phase is _Phase.HEAD:
-            self._headers.append((name, value))
+        # llhttp strips the whitespace before a value but not after it (RFC 9110 5.5: neither is part of it).
+        # Past MAX_HEADERS nothing more is kept; _read_head refuses the head.
+        if self._phase is _Phase.HEAD and len(self._headers) <= MAX_HEADERS:
+            self._headers.append((name, value.rstrip(b" \t")))
 
     def on_headers_complete(self) -> None:
         if self._phase is _Phase.HEAD:
@@ -300,22 +314,31 @@ class ClientConnection(FlowControlledProtocol):
     def _read_head(self, data: bytes) -> None:
         parser = self._parser
         assert parser is not None
+        read_before = self._head_size
         self._head_size += len(data)
+        head_size: int | None = None
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            self._rest = data[int(upgrade.args[0]):]
+            end_of_head = int(upgrade.args[0])
+            self._rest = data[end_of_head:]
+            head_size = read_before + end_of_head  # the head's bytes exactly as they came
         except httptools.HttpParserError as error:
             if self._phase is _Phase.HEAD:  # an error after a complete head (in a body) is the checks' to refuse
                 self._refuse_malformed(400, str(error) or type(error).__name__)
                 return
+        if len(self._headers) > MAX_HEADERS:
+            self._refuse_malformed(431, f"more than {MAX_HEADERS} header fields")
+            return
         if self._phase is _Phase.HEAD:
             if self._head_size > self._port.max_head:
                 self._refuse_malformed(431, f"request head over {self._port.max_head} bytes")
             return
-        # As sent with one space after each colon: "METHOD url HTTP/1.1\r\n", "name: value\r\n"..., "\r\n".
-        head_size = (len(parser.get_method()) + len(self._url) + 14
-                     + sum(len(k) + len(v) + 4 for k, v in self._headers))
+        if head_size is None:
+            # Not an upgrade (the checks refuse it): its size as sent with one space after each colon,
+            # "METHOD url HTTP/1.1\r\n", "name: value\r\n"..., "\r\n" (llhttp does not say where it ended).
+            head_size = (len(parser.get_method()) + len(self._url) + 14
+                         + sum(len(k) + len(v) + 4 for k, v in self._headers))
         if head_size > self._port.max_head:
             self._refuse_malformed(431, f"request head of {head_size} bytes exceeds {self._port.max_head}")
             return
@@ -394,14 +417,18 @@ class ClientConnection(FlowControlledProtocol):
         self._port.unsettled.discard(self)
         self._on_lost = on_lost
         rest, self._rest = self._rest, b""
-        if rest:
-            feed(rest)
         if self.transport is None:  # lost while the session was set up
+            if rest:
+                feed(rest)
             on_lost()
             self._on_lost = None
             return
         self._feed = feed
+        # Resume first: feeding may pause reading again (backpressure), and that pause must hold.
+        # Reads only arrive from the next loop iteration, so the bytes that came with the head go first.
         self.transport.resume_reading()
+        if rest:
+            feed(rest)
 
     def abort(self) -> None:
         """Drop the connection at once (the gateway is closing, or the upgrade was cancelled)."""
@@ -411,8 +438,11 @@ class ClientConnection(FlowControlledProtocol):
     def _answer(self, answer: bytes) -> None:
         """Write an HTTP answer, shut the sending side, drop further input, close by LINGER_SECONDS."""
         transport = self.transport
-        if self._phase is _Phase.SWITCHED and transport is not None:
-            transport.abort()  # after a 101 there is no HTTP answer left to give
+        if self._phase is _Phase.REFUSED:
+            return  # answered already
+        if self._phase in (_Phase.SWITCHED, _Phase.RELAYING):
+            if transport is not None:
+                transport.abort()  # after a 101 there is no HTTP answer left to give
             return
         self._phase = _Phase.REFUSED
         self._parser = None
@@ -420,9 +450,11 @@ class ClientConnection(FlowControlledProtocol):
         if transport is None or transport.is_closing():
             return
         transport.write(answer)
-        if transport.can_write_eof():
-            transport.write_eof()
-            transport.resume_reading()
-            asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
-        else:  # pragma: no cover - TCP transports can always write EOF
-            transport.close()
+        if self._port.lingering >= MAX_LINGERING or not transport.can_write_eof():
+            transport.close()  # a flood of refusals: close at once (unread input may reset the answer)
+            return
+        transport.write_eof()
+        transport.resume_reading()
+        self._lingering = True
+        self._port.lingering += 1
+        asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)

@@ -221,8 +221,10 @@ class Gateway:
             if client_config.refusal is RefusalMode.CLOSE:
                 self.metrics.handshake_failed(exc.status)
                 self._accept_and_close(connection, head, exc.status)
-            else:
+            elif 400 <= exc.status <= 599:
                 self._refuse(connection, exc.status, f"upstream refused the WebSocket upgrade with HTTP {exc.status}")
+            else:  # a 1xx, 2xx or 3xx is no answer a client can be given for its upgrade
+                self._refuse(connection, 502, f"upstream answered the WebSocket upgrade with HTTP {exc.status}")
             return None
         finally:
             self.handshakes -= 1

@@ -80,3 +80,22 @@ async def test_dependency_failure_500_passed_through(gateway: GatewayProcess, up
         with pytest.raises(aiohttp.WSServerHandshakeError) as info:
             await http.ws_connect(gateway.url + "/ws/broken")
     assert info.value.status == 500
+
+
+@pytest.mark.parametrize("upstream_status", [200, 302])
+async def test_an_upstream_answer_that_is_no_refusal_is_502(
+    make_gateway: Callable[..., GatewayProcess], upstream_status: int
+) -> None:
+    """An app answering the upgrade with a 2xx or 3xx (not 101) refused nothing a client can act on: 502,
+    counted under 502, never the app's status copied into a refusal with a body."""
+    server, port = await fake_upstream(
+        lambda key: b"HTTP/1.1 %d Whatever\r\nContent-Length: 0\r\n\r\n" % upstream_status)
+    try:
+        gw = make_gateway(f"ws://{HOST}:{port}")
+        async with aiohttp.ClientSession() as http:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+                await http.ws_connect(gw.url + "/ws/echo")
+        assert info.value.status == 502
+        assert await gw.metric("ws_gateway_handshake_failures_total", status="502") == 1
+    finally:
+        server.close()

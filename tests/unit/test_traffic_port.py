@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from gateway.http import BadRequestLog, ClientConnection, RequestHead, TrafficPort
+from gateway.http import MAX_HEADERS, MAX_LINGERING, BadRequestLog, ClientConnection, RequestHead, TrafficPort
 from tests.support import scaled
 
 UPGRADE_HEAD = (
@@ -206,3 +206,103 @@ async def _until(condition: Callable[[], bool]) -> None:
     """Return once ``condition`` holds (callers bound the wait)."""
     while not condition():
         await asyncio.sleep(0.01)
+
+
+async def test_a_pause_made_while_feeding_the_bytes_sent_with_the_head_holds() -> None:
+    """Backpressure at the session's first bytes: a feed that pauses reading (the app's leg is full) must
+    find reading still paused after the hand-over, or the client would be read without limit."""
+    transports: list[asyncio.Transport] = []
+
+    async def pausing_relay(connection: ClientConnection, head: RequestHead, seen: Recorder) -> None:
+        assert connection.transport is not None
+        transport = connection.transport
+
+        def feed(data: bytes) -> None:
+            seen.relayed.extend(data)
+            transport.pause_reading()
+
+        connection.switch_protocols("accept-value", None)
+        connection.relay(feed, seen.lost.set)
+        transports.append(transport)
+        seen.handed_over.set()
+
+    async with traffic_port(pausing_relay) as (_, seen, number):
+        _, writer = await asyncio.open_connection("127.0.0.1", number)
+        writer.write(UPGRADE_HEAD + b"first frame")
+        await asyncio.wait_for(seen.handed_over.wait(), scaled(5))
+        assert bytes(seen.relayed) == b"first frame"
+        assert not transports[0].is_reading()
+        writer.close()
+
+
+async def test_header_values_lose_the_whitespace_after_them() -> None:
+    async with traffic_port() as (_, seen, number):
+        _, writer = await asyncio.open_connection("127.0.0.1", number)
+        writer.write(UPGRADE_HEAD.replace(b"X-Twice: one\r\n", b"X-Twice:  one \t\r\n"))
+        await asyncio.wait_for(seen.handed_over.wait(), scaled(5))
+        assert [v for k, v in seen.heads[0].headers if k == "X-Twice"] == ["one", "two"]
+        writer.close()
+
+
+@pytest.mark.parametrize(("fields", "refused"), [(MAX_HEADERS, False), (MAX_HEADERS + 1, True)])
+async def test_more_header_fields_than_the_limit_are_431(fields: int, refused: bool) -> None:
+    head = b"GET /ws HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % n for n in range(fields)) + b"\r\n"
+    async with traffic_port(max_head=65536) as (_, seen, number):
+        if refused:
+            answer = await exchange(number, head)
+            assert answer.startswith(b"HTTP/1.1 431 ") and seen.failures == [431] and not seen.heads
+        else:
+            _, writer = await asyncio.open_connection("127.0.0.1", number)
+            writer.write(head)
+            await asyncio.wait_for(seen.handed_over.wait(), scaled(5))
+            assert len(seen.heads[0].headers) == fields
+            writer.close()
+
+
+@pytest.mark.parametrize("split", [None, 40, len(UPGRADE_HEAD) - 3])
+async def test_the_431_bound_does_not_depend_on_how_the_head_is_split(split: int | None) -> None:
+    padded = UPGRADE_HEAD.replace(b"X-Twice: one", b"X-Twice:      one")  # spaces the parser drops
+    writes = [padded] if split is None else [padded[:split], padded[split:]]
+    async with traffic_port(max_head=len(padded) - 1) as (_, seen, number):
+        answer = await exchange(number, *writes)
+        assert answer.startswith(b"HTTP/1.1 431 ") and seen.failures == [431]
+    async with traffic_port(max_head=len(padded)) as (_, seen, number):
+        _, writer = await asyncio.open_connection("127.0.0.1", number)
+        for chunk in writes:
+            writer.write(chunk)
+            await writer.drain()
+        await asyncio.wait_for(seen.handed_over.wait(), scaled(5))
+        assert seen.failures == []
+        writer.close()
+
+
+async def test_a_handler_failing_while_it_hands_over_drops_the_connection_without_an_http_answer() -> None:
+    async def fail_in_relay(connection: ClientConnection, head: RequestHead, seen: Recorder) -> None:
+        def feed(data: bytes) -> None:
+            raise RuntimeError("a bug of ours, in the session's first feed")
+
+        connection.switch_protocols("accept-value", None)
+        connection.relay(feed, seen.lost.set)
+
+    async with traffic_port(fail_in_relay) as (_, _seen, number):
+        try:
+            answer = await exchange(number, UPGRADE_HEAD + b"first frame")
+        except ConnectionResetError:
+            answer = b""
+        assert b"HTTP/1.1 500" not in answer
+
+
+async def test_refusals_past_the_lingering_limit_close_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flood of refusals holds at most MAX_LINGERING connections for the linger; here the limit is 2."""
+    import gateway.http
+
+    monkeypatch.setattr(gateway.http, "MAX_LINGERING", 2)
+    async with traffic_port(room=False) as (port, seen, number):
+        held = [await asyncio.open_connection("127.0.0.1", number) for _ in range(2)]
+        await asyncio.wait_for(_until(lambda: port.lingering == 2), scaled(5))
+        answer = await exchange(number)  # the third is answered and closed, not kept
+        assert answer.startswith(b"HTTP/1.1 503 ") and port.lingering == 2
+        for _, writer in held:
+            writer.close()
+        await asyncio.wait_for(_until(lambda: port.lingering == 0), scaled(5))
+        assert seen.failures == [503, 503, 503] and MAX_LINGERING > 2
