@@ -103,7 +103,7 @@ class Gateway:
         origin = head.header("Origin")
         if client.allowed_origins and origin is not None and origin.lower() not in client.allowed_origins:
             return Refusal(403, f"origin {origin!r} is not allowed")
-        if not resuming and len(self.sessions) + self.handshakes >= self.config.max_sessions:
+        if not resuming and not self._has_room(0):
             return Refusal(503, f"the gateway holds its limit of {self.config.max_sessions} sessions")
         return checked
 
@@ -340,7 +340,7 @@ class Gateway:
                           agreement: DeflateAgreement | None = None) -> None:
         key = head.header("Sec-WebSocket-Key")
         assert key is not None  # check_upgrade refuses a request without one
-        connection.switch_protocols(accept_key(key.strip()), subprotocol,
+        connection.switch_protocols(accept_key(key), subprotocol,
                                     agreement.response if agreement is not None else None)
 
     def _accept_and_close(self, connection: ClientConnection, head: RequestHead, status: int) -> None:
