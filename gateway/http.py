@@ -13,7 +13,8 @@ general-purpose HTTP server's request machinery for the connection's life.
   the connection's opening, else 408 (counted as
   ``handshake_failures_total{status="408"}``);
 * a head over ``client.max_header_size`` (request line and headers) gets
-  431, one the parser rejects gets 400, as one bounded, sanitised warning
+  431, one the parser rejects gets 400, one whose version is not HTTP/1.x
+  (``GET / HTTP/2.0``: an upgrade is an HTTP/1.1 mechanism) gets 505, each as one bounded, sanitised warning
   line with no traceback, rate-limited with a count of what was suppressed
   (:class:`BadRequestLog`), and counted by status;
 * a complete head goes to the gateway's handler as a :class:`RequestHead`.
@@ -161,7 +162,7 @@ class TrafficPort:
         head_timeout: seconds a connection has to send its whole request head.
         max_head: most bytes of a request head (request line and headers).
         has_room: tells whether one more connection fits (the gateway adds its sessions and upgrades).
-        on_failure: called with the HTTP status of every refusal made here (408, 503, 400, 431).
+        on_failure: called with the HTTP status of every refusal made here (408, 503, 400, 431, 505).
         bad_requests: where malformed requests are logged.
     """
 
@@ -345,10 +346,13 @@ class ClientConnection(FlowControlledProtocol):
         self._head_complete(parser)
 
     def _head_complete(self, parser: httptools.HttpRequestParser) -> None:
+        major, _, minor = parser.get_http_version().partition(".")
+        if major != "1":
+            self._refuse_malformed(505, f"HTTP/{major}.{minor} is not supported: a WebSocket upgrade uses HTTP/1.1")
+            return
         self._end_head_wait()
         assert self.transport is not None
         self.transport.pause_reading()
-        major, _, minor = parser.get_http_version().partition(".")
         head = RequestHead(
             parser.get_method().decode("latin-1"),
             (int(major or 0), int(minor or 0)),

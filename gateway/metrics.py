@@ -41,7 +41,8 @@ disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series d
 PREFIX: Final = "ws_gateway"
 LEGS: Final = tuple(leg.value for leg in LegName)
 DIRECTIONS: Final = ("client_to_upstream", "upstream_to_client")
-HANDSHAKE_STATUSES: Final = ("400", "403", "404", "408", "426", "429", "431", "500", "502", "503", "504", "other")
+HANDSHAKE_STATUSES: Final = ("400", "403", "404", "408", "426", "429", "431", "500", "502", "503", "504", "505",
+                              "other")
 """Bounded ``status`` label values of handshake failures."""
 CONNECT_RESULTS: Final = tuple(result.value for result in ConnectResult)
 RECONNECT_RESULTS: Final = (*CONNECT_RESULTS, RECONNECT_SUBPROTOCOL)
@@ -50,7 +51,7 @@ chose another subprotocol than the first one)."""
 COMPRESSION_RESULTS: Final = ("negotiated", "not_offered", "declined")
 """``result`` of permessage-deflate negotiation at client handshakes: agreed; the client offered none;
 offered and declined (client.compression.enabled false, or no offer the gateway accepts)."""
-REPLAY_DROP_REASONS: Final = ("unconfirmed", "cut", "overflow", "too_large", "refused")
+REPLAY_DROP_REASONS: Final = ("unhandled", "unconfirmed", "cut", "overflow", "too_large", "refused")
 """Why a client message was lost at an upstream outage (gateway.core.delivery, gateway.core.replay)."""
 OUTAGE_BUCKETS: Final = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 """``result`` label values of upstream connection attempts: ``ok`` (101), ``refused``
@@ -252,10 +253,12 @@ class GatewayMetrics:
         )
         self._replay_dropped = Counter(
             f"{PREFIX}_replay_dropped_messages",
-            "Client messages lost at upstream outages, by reason: unconfirmed (at_most_once: sent, not "
-            "confirmed, not re-sent), cut (the outage began inside a message too large to keep), overflow "
-            "(replay or retention limit), too_large (larger than the replay buffer), refused (a message the "
-            "upstream refused or failed on; the client was closed naming it).",
+            "Client messages lost at upstream outages, by reason: unhandled (confirmed read by the app "
+            "server, perhaps still queued for its handler, not re-sent: reconnect.app_queue_messages), "
+            "unconfirmed (at_most_once: sent, not confirmed, not re-sent), cut (the outage began inside a "
+            "message too large to keep), overflow (replay or retention limit), too_large (larger than the "
+            "replay buffer), refused (a message the upstream refused or failed on; the client was closed "
+            "naming it).",
             ["reason"],
             registry=registry,
         )

@@ -177,29 +177,34 @@ def outage_buffer(
 ) -> tuple[MessageBuffer, dict[str, int], str]:
     """The replay buffer for an outage starting now, primed with what the lost upstream left unconfirmed.
 
-    at_most_once: unconfirmed messages are counted as lost; only a message still in progress (its
-    start kept in ``recent``) is re-sent whole. at_least_once: the kept unconfirmed messages go first
-    (possible duplicates), those past the byte limit are counted as lost.
+    at_most_once: the window's messages (confirmed, perhaps still in the app server's queue) and the
+    unconfirmed ones are counted as lost; only a message still in progress (its start kept in
+    ``recent``) is re-sent whole. at_least_once: the kept window and unconfirmed messages go first
+    (possible duplicates), those past the byte limits are counted as lost. The buffer has room for
+    the window on top of ``buffer_messages`` and ``buffer_bytes``.
 
     Returns:
         the buffer; the messages lost, by reason; and, if the kept messages overflow the buffer
         under the ``close`` policy, why (the session then closes the client).
     """
-    lost: dict[str, int] = {}
+    lost = {"unhandled": unconfirmed.unhandled}
+    max_messages, max_bytes = config.buffer_messages, config.buffer_bytes
     if config.delivery is DeliveryMode.AT_LEAST_ONCE:
         skip = in_message and not unconfirmed.kept_partial
         lost["overflow"] = unconfirmed.lost_overflow
+        max_messages += config.app_queue_messages
+        max_bytes += config.app_queue_bytes
     else:
         skip = recent_too_large and in_message
         lost["unconfirmed"] = unconfirmed.messages
-    buffer = MessageBuffer(config.buffer_messages, config.buffer_bytes, config.overflow, skip_message=skip)
+    buffer = MessageBuffer(max_messages, max_bytes, config.overflow, skip_message=skip)
     try:
         if unconfirmed.resend:
             buffer.feed(unconfirmed.resend)  # whole messages queued, a partial one's start kept
         elif recent is not None and not recent_too_large:
             buffer.prime(bytes(recent))  # the start of a message in progress: re-sent whole
     except Overflow as exc:
-        lost["overflow"] += unconfirmed.resend_messages - len(buffer.messages)
+        lost["overflow"] = lost.get("overflow", 0) + unconfirmed.resend_messages - len(buffer.messages)
         return buffer, lost, str(exc)
     return buffer, lost, ""
 
@@ -208,15 +213,20 @@ def judge_outage(recovery: Recovery, unconfirmed: Unconfirmed, positions: Messag
     """Is this upstream loss a refusal or a poison message rather than an outage?
     (:func:`gateway.core.delivery.judge_loss`; ``positions`` are the client leg's.)"""
     assert recovery.confirmations is not None
-    pending = unconfirmed.messages > 0 or not positions.at_boundary
+    # A window message re-sent to a new upstream was read by an earlier one: the rules name the
+    # first message no upstream of the session has confirmed.
+    ledger = recovery.confirmations.ledger
+    read = max(ledger.highest_confirmed, ledger.confirmed)
+    pending = positions.complete_messages > read or not positions.at_boundary
     loss = Loss(
-        first_unconfirmed=recovery.confirmations.ledger.confirmed + 1 if pending else 0,
+        first_unconfirmed=read + 1 if pending else 0,
         reset=reset,
         last_message=positions.complete_messages + (0 if positions.at_boundary else 1),
         last_size=positions.last_message_size,
     )
-    invalid_text = (unconfirmed.lost_overflow == 0 and bool(unconfirmed.resend)
-                    and first_message_is_invalid_text(unconfirmed.resend))
+    skip = read - unconfirmed.resend_from
+    invalid_text = (unconfirmed.lost_overflow == 0 and skip >= 0 and bool(unconfirmed.resend)
+                    and first_message_is_invalid_text(unconfirmed.resend, skip))
     verdict = judge_loss(loss, recovery.last_loss, recovery.config.buffer_bytes, invalid_text)
     recovery.last_loss = loss
     return verdict

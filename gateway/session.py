@@ -157,7 +157,8 @@ class Session(ClientResume):
         recovery = self.recovery
         if recovery is not None:
             config = recovery.config
-            ledger = Ledger(keep_bytes=config.delivery is DeliveryMode.AT_LEAST_ONCE, limit=config.buffer_bytes)
+            ledger = Ledger(keep_bytes=config.delivery is DeliveryMode.AT_LEAST_ONCE, limit=config.buffer_bytes,
+                            window=config.app_queue_messages, window_bytes=config.app_queue_bytes)
             recovery.confirmations = Confirmations(ledger, self.client.positions, config.confirm_interval,
                                                    self._send_confirmation, self._hear_writes)
             self.client.delivery = recovery.confirmations
@@ -367,23 +368,25 @@ class Session(ClientResume):
         now = time.monotonic()
         unconfirmed = self._unconfirmed(recovery)
         verdict = judge_outage(recovery, unconfirmed, self.client.positions, self.upstream.lost_by_reset)
+        # Closing instead of reconnecting: the window's and the unconfirmed messages are all lost.
+        closing_loss = {"unhandled": unconfirmed.window, "unconfirmed": unconfirmed.messages}
         if verdict.code:
             named_complete = verdict.message <= self.client.positions.complete_messages
-            self._count_lost(recovery, {"refused": 1,
-                                        "unconfirmed": unconfirmed.messages - (1 if named_complete else 0)})
+            closing_loss["unconfirmed"] -= 1 if named_complete else 0
+            self._count_lost(recovery, {"refused": 1, **closing_loss})
             logger.info("session %s: closing the client with %d: %s", self.session_id, verdict.code, verdict.reason)
             self._close_client(Event.MESSAGE_REFUSED, verdict.reason, verdict.code)
             return
         if recovery.breaker.record_loss(now):
             self.metrics.breaker_tripped()
-            self._count_lost(recovery, {"unconfirmed": unconfirmed.messages})
+            self._count_lost(recovery, closing_loss)
             self._close_client(
                 Event.BREAKER_TRIPPED,
                 f"circuit breaker: upstream lost {recovery.breaker.losses} times in {recovery.breaker.window:g}s",
             )
             return
         if self.upstream.scanner.in_message:
-            self._count_lost(recovery, {"unconfirmed": unconfirmed.messages})
+            self._count_lost(recovery, closing_loss)
             self._close_client(Event.LOST_MID_MESSAGE, "")
             return
         buffer = self._outage_buffer(recovery, unconfirmed)
@@ -399,14 +402,12 @@ class Session(ClientResume):
         client.resume_reading()  # it may have been paused for the old upstream's buffer
         if config.notify_loss:
             client.write_text(config.notify_loss.format(session_id=self.session_id))
+        resend, lost = recovery.possible_duplicates, recovery.lost_in_outage
         logger.info(
-            "session %s: upstream lost (%s); reconnecting; %d unconfirmed messages %s%s",
+            "session %s: upstream lost (%s); reconnecting; %d messages to re-send, %d possibly lost%s",
             self.session_id,
             "no close frame" if code is None else f"close {code}",
-            recovery.possible_duplicates or recovery.lost_in_outage,
-            "to re-send" if config.delivery is DeliveryMode.AT_LEAST_ONCE else "lost",
-            f", from message #{recovery.last_loss.first_unconfirmed}"
-            if recovery.last_loss is not None and recovery.last_loss.first_unconfirmed else "",
+            resend, lost, f", from message #{unconfirmed.assumed_handled + 1}" if resend or lost else "",
         )
         recovery.task = asyncio.get_running_loop().create_task(self._reconnect(recovery))
 

@@ -111,7 +111,8 @@ ROWS = [
               "Closes the app started, by code: 1006 = crash or escaped exception, 1012 = restart.", width=12),
         Panel("Client messages lost at outages", "ops",
               [(f"sum by (reason) (rate(ws_gateway_replay_dropped_messages_total{sel()}[{RATE}]))", "{{reason}}")],
-              "unconfirmed: sent, not confirmed by the lost app (at_most_once; an upper bound); cut, overflow, "
+              "unhandled: confirmed read by the lost app server, perhaps still queued for its handler; "
+              "unconfirmed: sent, not confirmed by the lost app (at_most_once; both upper bounds); cut, overflow, "
               "too_large: replay limits; refused: a message the app refused or failed on (client closed).",
               stacked=True, width=12),
     ]),

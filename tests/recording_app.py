@@ -2,13 +2,18 @@
 
 ``/ws/record?client=N`` appends each received text message as a line to ``$RECORD_DIR/N.txt``
 with one ``write()`` per message, so what the app received survives SIGKILL (the kernel has it).
-A connection whose handshake carries ``X-Gateway-Possible-Duplicates`` first appends a line
-``dup <count>``. The delivery tests compare these files with what the clients sent and with the
-gateway's loss counters.
+Each connection first appends ``session <id>`` (the gateway's ``X-Gateway-Session-Id``), and one
+whose handshake carries ``X-Gateway-Possible-Duplicates`` a line ``dup <count>``. With
+``work_ms=W`` the handler then awaits W ms after each message, as a handler that does some work per
+message would: meanwhile uvicorn parses (and answers pings after) the next messages and queues them
+for the handler, so a kill loses messages the app server has read but the handler never received.
+The delivery tests compare these files with what the clients sent and with the gateway's loss
+counters.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -19,15 +24,18 @@ RECORD_DIR = Path(os.environ.get("RECORD_DIR", "."))
 
 
 @app.websocket("/ws/record")
-async def record(websocket: WebSocket, client: int) -> None:
+async def record(websocket: WebSocket, client: int, work_ms: int = 0) -> None:
     fd = os.open(RECORD_DIR / f"{client}.txt", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        os.write(fd, f"session {websocket.headers.get('x-gateway-session-id', '-')}\n".encode())
         duplicates = websocket.headers.get("x-gateway-possible-duplicates")
         if duplicates is not None:
             os.write(fd, f"dup {int(duplicates)}\n".encode())
         await websocket.accept()
         while True:
             os.write(fd, (await websocket.receive_text()).encode() + b"\n")
+            if work_ms:
+                await asyncio.sleep(work_ms / 1000)
     except WebSocketDisconnect:
         pass
     finally:
@@ -40,7 +48,6 @@ async def stream(websocket: WebSocket, client: int, ticks: int = 0, interval_ms:
     echo each text as ``echo:<text>``, and meanwhile send ``tick:1`` ... ``tick:<ticks>`` every
     ``interval_ms`` (each followed by ``pad`` bytes of padding when asked). One ``open`` line per
     connection: a resumed session shows exactly one."""
-    import asyncio
 
     fd = os.open(RECORD_DIR / f"{client}.txt", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     os.write(fd, b"open\n")

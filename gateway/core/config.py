@@ -217,6 +217,12 @@ class ReconnectConfig:
     """What happens to client messages the lost upstream had not confirmed (gateway.core.delivery)."""
     confirm_interval: float
     """Least seconds between two confirmation pings while client messages flow."""
+    app_queue_messages: int
+    """Confirmed client messages treated as possibly still in the app server's queue for the handler (a pong
+    proves uvicorn read a message, not that the handler got it): re-sent (at_least_once) or counted as lost
+    (``unhandled``) at an upstream loss. 0: trust the pong."""
+    app_queue_bytes: int
+    """at_least_once: most bytes of those messages kept to re-send; the rest are counted as ``unhandled``."""
     notify_loss: str
     """Opt-in text message sent to the client when its upstream is lost ("" = none); {session_id} is filled."""
     notify_resume: str
@@ -313,6 +319,8 @@ SCHEMA: Final[dict[str, Any]] = {
         "overflow": ("close", enum_choice(OverflowPolicy)),
         "delivery": ("at_most_once", enum_choice(DeliveryMode)),
         "confirm_interval": ("100ms", positive_duration),
+        "app_queue_messages": (64, non_negative_int),
+        "app_queue_bytes": ("64KiB", non_negative_size),
         "notify_loss": ("", template(("session_id",))),
         "notify_resume": ("", template(("session_id", "outage_ms", "replayed", "lost"))),
     },

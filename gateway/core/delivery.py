@@ -4,18 +4,24 @@ The gateway cannot see into the app, but a WebSocket peer answers pings in order
 the upstream's WebSocket layer read every frame written before its ping. The session sends such
 a *confirmation ping* on the upstream leg at most every ``reconnect.confirm_interval`` while
 client messages flow (none while the session is idle), and this ledger turns the pongs into
-"the first N client messages were received".
+"the first N client messages were read by the app server".
 
-At an upstream loss, the messages after the last confirmation are *unconfirmed*: the old
-upstream may or may not have read them. ``reconnect.delivery`` says what happens to them:
+Read is not handled: uvicorn parses a read's frames, queues its messages for the ASGI handler and
+answers a ping among them at once, so the messages just before a confirmed ping may still wait in
+the app server's queue, and a SIGKILL loses them. The ledger therefore treats the last
+``reconnect.app_queue_messages`` confirmed messages (the *window*) as possibly unhandled too.
 
-- ``at_most_once``: they are not sent again; each is counted as lost (reason ``unconfirmed``).
-  Only counts are kept, nothing per message.
-- ``at_least_once``: the ledger keeps the frames' bytes (as written, still masked) from the last
-  confirmed message boundary on, up to ``reconnect.buffer_bytes``; they are re-sent first to the
-  new upstream, which is told how many of them may be duplicates. Past the limit the ledger
-  stops keeping bytes until the next message boundary; messages it could not keep are lost,
-  counted as ``overflow``.
+At an upstream loss, ``reconnect.delivery`` says what happens to the window and to the messages
+after the last confirmation (*unconfirmed*: the old upstream may or may not have read them):
+
+- ``at_most_once``: they are not sent again; each is counted as lost (reasons ``unhandled`` for the
+  window, ``unconfirmed`` for the rest). Only counts are kept, nothing per message.
+- ``at_least_once``: the ledger keeps the frames' bytes (as written, still masked) from the
+  window's first message boundary on: the window within ``reconnect.app_queue_bytes``, the
+  unconfirmed messages within ``reconnect.buffer_bytes``; they are re-sent first to the new
+  upstream, which is told how many of them may be duplicates. Window messages past their byte
+  limit are counted as ``unhandled``; past the unconfirmed limit the ledger stops keeping bytes
+  until the next message boundary, and the messages it could not keep are counted as ``overflow``.
 
 Positions are counted in complete messages (the client scanner's count of messages whose last
 byte has been written upstream) and in absolute byte offsets of the upstream-bound stream.
@@ -24,6 +30,7 @@ byte has been written upstream) and in absolute byte offsets of the upstream-bou
 from __future__ import annotations
 
 import enum
+from collections import deque
 from dataclasses import dataclass
 from typing import Final
 
@@ -31,6 +38,11 @@ from gateway.core.codec import PACK_16, PACK_64, Opcode, mask_payload
 
 __all__ = ["RECONNECT", "DeliveryMode", "Ledger", "Loss", "Mark", "Unconfirmed", "Verdict",
            "first_message_is_invalid_text", "judge_loss"]
+
+
+MAX_BOUNDARIES: Final = 1024
+"""Most message boundaries the ledger remembers; past it the newest replaces the last one (the window
+can then start only further back: more is re-sent, never less)."""
 
 
 class DeliveryMode(enum.Enum):
@@ -52,7 +64,7 @@ class Mark:
 
 @dataclass(frozen=True, slots=True)
 class Unconfirmed:
-    """What an upstream loss left unconfirmed."""
+    """What an upstream loss left unconfirmed or possibly unhandled."""
 
     messages: int
     """Complete messages written after the last confirmation."""
@@ -64,24 +76,48 @@ class Unconfirmed:
     """Unconfirmed complete messages that were not kept (the byte limit was reached)."""
     kept_partial: bool
     """``resend`` ends with the start of a message still in progress (its rest follows live)."""
+    unhandled: int = 0
+    """Window messages (confirmed, perhaps still in the app server's queue) neither kept nor re-sent."""
+    window: int = 0
+    """All window messages: those at the start of ``resend`` and the ``unhandled`` ones."""
+    assumed_handled: int = 0
+    """Complete messages before the window: assumed to have reached the app's handler. Message
+    ``assumed_handled + 1`` is the first that is re-sent or counted as lost."""
+    resend_from: int = 0
+    """Complete messages before the first one in ``resend`` (it is message ``resend_from + 1``)."""
 
 
 class Ledger:
-    """Confirmed position and, for at_least_once, the bytes after it.
+    """Confirmed position, the window of possibly unhandled messages and, for at_least_once, the
+    bytes from the window's start on.
 
     Args:
-        keep_bytes: at_least_once (keep what was written since the confirmed boundary).
-        limit: most bytes kept.
+        keep_bytes: at_least_once (keep what was written since the window's start).
+        limit: most bytes of unconfirmed messages kept (``reconnect.buffer_bytes``).
+        window: confirmed messages treated as possibly still in the app server's queue
+            (``reconnect.app_queue_messages``; 0: a pong proves the handler got a message).
+        window_bytes: most bytes of them kept to re-send (``reconnect.app_queue_bytes``).
     """
 
-    __slots__ = ("_boundary_messages", "_boundary_offset", "_bytes", "_keep", "_keeping", "_start",
-                 "_start_messages", "_written", "confirmed", "limit")
+    __slots__ = ("_boundaries", "_boundary_messages", "_boundary_offset", "_bytes", "_confirmed_offset", "_keep",
+                 "_keeping", "_settled", "_start", "_start_messages", "_written", "confirmed", "highest_confirmed",
+                 "limit", "window", "window_bytes")
 
-    def __init__(self, *, keep_bytes: bool, limit: int) -> None:
+    def __init__(self, *, keep_bytes: bool, limit: int, window: int = 0, window_bytes: int = 0) -> None:
         self._keep = keep_bytes
         self.limit = limit
+        self.window = window
+        self.window_bytes = window_bytes
         self.confirmed = 0
-        """Complete client messages the upstream has confirmed reading (since the session began)."""
+        """Complete client messages the current upstream has confirmed reading, or settled before it
+        (counted from the session's start)."""
+        self.highest_confirmed = 0
+        """Complete client messages some upstream of the session has confirmed reading: the first message
+        after them is one no upstream has read (what the poison rule names)."""
+        self._confirmed_offset = 0
+        """Absolute offset of the end of the last confirmed message (at_least_once)."""
+        self._settled = 0
+        """Complete messages settled before the current upstream's first one (handled, or counted)."""
         self._bytes = bytearray()
         self._written = 0
         """Absolute offset of the end of what was written upstream."""
@@ -89,6 +125,9 @@ class Ledger:
         """Absolute offset of ``_bytes[0]``: always a message boundary."""
         self._start_messages = 0
         """Complete messages before ``_start``."""
+        self._boundaries: deque[tuple[int, int]] = deque(((0, 0),))
+        """(complete messages, offset) at the message boundaries from ``_start`` on (at_least_once):
+        where the window's start may move to."""
         self._keeping = keep_bytes
         self._boundary_messages = 0
         """Complete messages at the last message boundary seen at the end of a write."""
@@ -102,7 +141,7 @@ class Ledger:
 
     @property
     def kept_bytes(self) -> int:
-        """Bytes held for a possible re-send (at_least_once)."""
+        """Bytes held for a possible re-send (at_least_once): the window's and the unconfirmed ones."""
         return len(self._bytes)
 
     def wrote(self, data: bytes, more: bytes, complete_messages: int, at_boundary: bool) -> None:
@@ -113,15 +152,17 @@ class Ledger:
                 self._boundary_messages = complete_messages
             return
         size = len(data) + len(more)
-        self._written += size
         if self._keeping:
-            if len(self._bytes) + size <= self.limit:
+            unconfirmed = self._written - max(self._start, self._confirmed_offset)
+            if unconfirmed + size <= self.limit:
                 self._bytes += data
                 if more:
                     self._bytes += more
             else:
                 self._keeping = False  # too much unconfirmed: stop until the next boundary
                 self._bytes.clear()
+                self._boundaries.clear()
+        self._written += size
         if at_boundary:
             self._boundary_messages = complete_messages
             self._boundary_offset = self._written
@@ -129,32 +170,62 @@ class Ledger:
                 self._keeping = True
                 self._start = self._written
                 self._start_messages = complete_messages
+            if len(self._boundaries) < MAX_BOUNDARIES:
+                self._boundaries.append((complete_messages, self._written))
+            else:
+                self._boundaries[-1] = (complete_messages, self._written)
 
     def mark(self) -> Mark:
         """The position a confirmation ping sent now will confirm (the last boundary)."""
         return Mark(self._boundary_messages, self._boundary_offset)
 
-
     def confirm(self, mark: Mark) -> None:
-        """The pong for a ping sent at ``mark`` arrived: everything up to it was read upstream."""
+        """The pong for a ping sent at ``mark`` arrived: everything up to it was read upstream.
+        at_least_once: the kept bytes now start where the window before ``mark`` starts."""
         if mark.messages <= self.confirmed:
             return
         self.confirmed = mark.messages
-        if self._keep and self._keeping and mark.offset > self._start:
-            del self._bytes[: mark.offset - self._start]
-            self._start = mark.offset
-            self._start_messages = mark.messages
+        self.highest_confirmed = max(self.highest_confirmed, mark.messages)
+        self._confirmed_offset = mark.offset
+        if not (self._keep and self._keeping):
+            return
+        boundaries = self._boundaries
+        cover_from = mark.messages - self.window
+        # Move the start forward while the next boundary still covers the window, or while the
+        # window is over its byte limit; never past the confirmed mark.
+        while len(boundaries) > 1:
+            next_messages, next_offset = boundaries[1]
+            if next_offset > mark.offset:
+                break
+            if next_messages <= cover_from or mark.offset - boundaries[0][1] > self.window_bytes:
+                boundaries.popleft()
+            else:
+                break
+        start_messages, start = boundaries[0]
+        if start > self._start:
+            del self._bytes[: start - self._start]
+            self._start = start
+            self._start_messages = start_messages
 
     def lost(self, complete_messages: int, in_message: bool) -> Unconfirmed:
-        """The upstream is gone: what it may not have read (``in_message``: a message is in progress,
-        its start is at the end of the kept bytes). Until :meth:`resent`, nothing more is recorded."""
-        unconfirmed = complete_messages - self.confirmed
+        """The upstream is gone: what it may not have read or handed on (``in_message``: a message is in
+        progress, its start is at the end of the kept bytes). Until :meth:`resent`, nothing more is recorded."""
+        confirmed = self.confirmed
+        unconfirmed = complete_messages - confirmed
+        assumed_handled = max(self._settled, confirmed - self.window)
+        window = confirmed - assumed_handled
         if not self._keep:
-            return Unconfirmed(unconfirmed, b"", 0, 0, False)
+            return Unconfirmed(unconfirmed, b"", 0, 0, False, unhandled=window, window=window,
+                               assumed_handled=assumed_handled)
+        kept_from = self._start_messages if self._keeping else complete_messages
+        unhandled = max(0, min(kept_from, confirmed) - assumed_handled)
+        lost_overflow = max(0, kept_from - confirmed)
         if not self._keeping:
-            return Unconfirmed(unconfirmed, b"", 0, unconfirmed, False)
-        kept = complete_messages - self._start_messages
-        return Unconfirmed(unconfirmed, bytes(self._bytes), kept, unconfirmed - kept, in_message)
+            return Unconfirmed(unconfirmed, b"", 0, lost_overflow, False, unhandled=unhandled, window=window,
+                               assumed_handled=assumed_handled)
+        return Unconfirmed(unconfirmed, bytes(self._bytes), complete_messages - kept_from, lost_overflow, in_message,
+                           unhandled=unhandled, window=window, assumed_handled=assumed_handled,
+                           resend_from=kept_from)
 
     def resent(self, data: bytes, whole: int, complete_messages: int, replayed: int) -> None:
         """The replay went to the new upstream and the ledger starts again there.
@@ -163,22 +234,29 @@ class Ledger:
             data: the replayed bytes: whole messages (the first ``whole`` bytes), then perhaps the
                 start of a message still in progress.
             complete_messages: the client scanner's count now.
-            replayed: whole messages in ``data``; everything before them is settled (confirmed by
-                the old upstream, or counted as lost).
+            replayed: whole messages in ``data``; everything before them is settled (assumed handled
+                by the old upstream, or counted as lost).
         """
-        self.confirmed = complete_messages - replayed
+        self.confirmed = self._settled = complete_messages - replayed
         start = self._written
         self._written += len(data)
+        self._confirmed_offset = start
         self._boundary_messages = complete_messages
         self._boundary_offset = start + whole
         self._bytes.clear()
+        self._boundaries.clear()
         if not self._keep:
             return
         self._start = start
         self._start_messages = self.confirmed
+        self._boundaries.append((self.confirmed, start))
         self._keeping = len(data) <= self.limit
         if self._keeping:
             self._bytes += data
+            if replayed:
+                self._boundaries.append((complete_messages, start + whole))
+        else:
+            self._boundaries.clear()
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,9 +319,10 @@ def judge_loss(loss: Loss, previous: Loss | None, keep_limit: int, invalid_text:
     return RECONNECT
 
 
-def first_message_is_invalid_text(data: bytes) -> bool:
-    """True if ``data`` (frames as the client sent them, masked) begins with a complete text message
-    whose payload is not valid UTF-8. Run only when a message is suspected, never per message."""
+def first_message_is_invalid_text(data: bytes, skip: int = 0) -> bool:
+    """True if ``data`` (data frames as the client sent them, masked), after its first ``skip`` messages,
+    goes on with a complete text message whose payload is not valid UTF-8. Run only when a message is
+    suspected, never per message."""
     pos, opcode, payload = 0, -1, bytearray()
     while pos + 2 <= len(data):
         b0, b1 = data[pos], data[pos + 1]
@@ -256,6 +335,10 @@ def first_message_is_invalid_text(data: bytes) -> bool:
         start = pos + header + len(key)
         if start + length > len(data):
             return False  # the message is not all here
+        if skip:
+            skip -= 1 if b0 & 0x80 else 0
+            pos = start + length
+            continue
         body = data[start : start + length]
         payload += mask_payload(key, body) if key else body
         if opcode < 0:

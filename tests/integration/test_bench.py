@@ -100,3 +100,16 @@ def test_handshake_profile_measures_the_gateway_next_to_nginx_and_splits_the_pro
     assert "ws-gateway" in rows and "nginx" in rows, result.stdout
     assert int(rows["ws-gateway"].split("|")[2].strip().replace(",", "")) > 0, rows["ws-gateway"]
     assert "| gateway/http.py |" in result.stdout and "| gateway/upstream.py |" in result.stdout, result.stdout
+
+
+def test_app_queue_measures_what_uvicorn_holds_behind_a_pong() -> None:
+    """`python -m bench.app_queue` (short) gets pongs from uvicorn's legacy websockets backend and reports a
+    depth within its 32-message queue bound."""
+    result = subprocess.run([sys.executable, "-m", "bench.app_queue", "--servers", "uvicorn websockets",
+                             "--work-ms", "30", "--clients", "5", "--seconds", "2"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=scaled(60), check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [row] = [line.split() for line in result.stdout.splitlines() if line.startswith("uvicorn websockets ")]
+    pongs, p50, p99, deepest = (int(cell) for cell in row[3:7])
+    assert pongs > 0, result.stdout
+    assert 0 <= p50 <= p99 <= deepest <= 32, result.stdout

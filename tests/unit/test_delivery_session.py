@@ -76,15 +76,15 @@ async def test_a_confirmation_ping_follows_client_messages_and_an_idle_session_s
 
 
 async def test_at_most_once_counts_the_unconfirmed_messages_and_does_not_resend_them() -> None:
-    """Two confirmed, three unconfirmed at the loss: the three are counted (reason unconfirmed) and the
-    new upstream gets only what the client sent during the outage."""
-    h, upstreams = delivery_session("at_most_once")
+    """Pong-only (app_queue_messages 0): two confirmed, three unconfirmed at the loss: the three are counted
+    (reason unconfirmed) and the new upstream gets only what the client sent during the outage."""
+    h, upstreams = delivery_session("at_most_once", app_queue_messages=0)
     send(h, b"m1", b"m2")
     await confirm(h, h.upstream)
     send(h, b"m3", b"m4", b"m5")
     h.session.upstream.transport_lost()
     assert h.session.state is SessionState.RECONNECTING
-    assert lost(h, "unconfirmed") == 3
+    assert (lost(h, "unconfirmed"), lost(h, "unhandled")) == (3, 0)
     send(h, b"during")
     await settle(0.02)
     assert h.session.state is SessionState.OPEN
@@ -93,10 +93,24 @@ async def test_at_most_once_counts_the_unconfirmed_messages_and_does_not_resend_
     assert h.session.recovery.possible_duplicates == 0
 
 
+async def test_at_most_once_counts_the_last_confirmed_messages_as_possibly_unhandled() -> None:
+    """app_queue_messages 3: of m1-m4, confirmed, the last three may still sit in the app server's queue:
+    counted as unhandled next to the unconfirmed m5-m6, so the count covers what a SIGKILL loses."""
+    h, upstreams = delivery_session("at_most_once", app_queue_messages=3)
+    send(h, b"m1", b"m2", b"m3", b"m4")
+    await confirm(h, h.upstream)
+    send(h, b"m5", b"m6")
+    h.session.upstream.transport_lost()
+    assert (lost(h, "unhandled"), lost(h, "unconfirmed")) == (3, 2)
+    await settle(0.02)
+    assert h.session.state is SessionState.OPEN and texts(upstreams[0]) == []
+    assert h.session.recovery is not None and h.session.recovery.lost_total == 5
+
+
 async def test_at_least_once_resends_the_unconfirmed_messages_first_in_order() -> None:
-    """Same outage in at_least_once: m3-m5 go to the new upstream before what was held, nothing is
-    counted lost, and the session knows three may be duplicates."""
-    h, upstreams = delivery_session("at_least_once")
+    """Same outage in at_least_once, pong-only: m3-m5 go to the new upstream before what was held, nothing
+    is counted lost, and the session knows three may be duplicates."""
+    h, upstreams = delivery_session("at_least_once", app_queue_messages=0)
     send(h, b"m1", b"m2")
     await confirm(h, h.upstream)
     send(h, b"m3", b"m4", b"m5")
@@ -105,13 +119,40 @@ async def test_at_least_once_resends_the_unconfirmed_messages_first_in_order() -
     await settle(0.02)
     assert h.session.state is SessionState.OPEN
     assert texts(upstreams[0]) == [b"m3", b"m4", b"m5", b"during"]
-    assert sum(lost(h, r) for r in ("unconfirmed", "cut", "overflow", "too_large")) == 0
+    assert sum(lost(h, r) for r in ("unhandled", "unconfirmed", "cut", "overflow", "too_large")) == 0
     assert h.session.recovery is not None and h.session.recovery.possible_duplicates == 3
 
 
+async def test_at_least_once_resends_the_window_of_confirmed_messages_before_the_unconfirmed() -> None:
+    """app_queue_messages 1 (default window bytes): the last confirmed message, m2, goes again before
+    m3-m5: four possible duplicates, nothing lost."""
+    h, upstreams = delivery_session("at_least_once", app_queue_messages=1)
+    send(h, b"m1", b"m2")
+    await confirm(h, h.upstream)
+    send(h, b"m3", b"m4", b"m5")
+    h.session.upstream.transport_lost()
+    send(h, b"during")
+    await settle(0.02)
+    assert texts(upstreams[0]) == [b"m2", b"m3", b"m4", b"m5", b"during"]
+    assert sum(lost(h, r) for r in ("unhandled", "unconfirmed", "cut", "overflow", "too_large")) == 0
+    assert h.session.recovery is not None and h.session.recovery.possible_duplicates == 4
+
+
+async def test_at_least_once_counts_window_messages_past_app_queue_bytes_as_unhandled() -> None:
+    """Window of 3 messages but app_queue_bytes 100: of three confirmed 60-byte messages only the last is
+    kept; the other two are counted as unhandled (never a silent loss), the kept one is re-sent."""
+    h, upstreams = delivery_session("at_least_once", app_queue_messages=3, app_queue_bytes="100B")
+    send(h, b"a" * 60, b"b" * 60, b"c" * 60)
+    await confirm(h, h.upstream)
+    h.session.upstream.transport_lost()
+    await settle(0.02)
+    assert texts(upstreams[0]) == [b"c" * 60]
+    assert lost(h, "unhandled") == 2
+
+
 async def test_at_least_once_resends_again_after_a_confirmed_replay() -> None:
-    """What a new upstream confirmed is not sent again at its loss; what came after it is."""
-    h, upstreams = delivery_session("at_least_once")
+    """Pong-only: what a new upstream confirmed is not sent again at its loss; what came after it is."""
+    h, upstreams = delivery_session("at_least_once", app_queue_messages=0)
     send(h, b"a", b"b")
     h.session.upstream.transport_lost()
     await settle(0.02)
@@ -125,15 +166,16 @@ async def test_at_least_once_resends_again_after_a_confirmed_replay() -> None:
 
 
 async def test_a_message_that_kills_the_upstream_again_on_replay_ends_the_session_naming_it() -> None:
-    """Poison: message #2 is the first unconfirmed at two losses in a row (re-sent, and the new upstream
-    died on it too): the client gets 1011 naming it, counted as refused; no third upstream is tried."""
+    """Poison: message #2 is the first unconfirmed at two losses in a row (re-sent after the window's #1, and
+    the new upstream died on it too): the client gets 1011 naming it, counted as refused; no third upstream
+    is tried."""
     h, upstreams = delivery_session("at_least_once")
     send(h, b"fine")
     await confirm(h, h.upstream)
     send(h, b"poison")
     h.session.upstream.transport_lost()
     await settle(0.02)
-    assert texts(upstreams[0]) == [b"poison"]
+    assert texts(upstreams[0]) == [b"fine", b"poison"]
     h.session.upstream.transport_lost()
     await settle(0.02)
     assert h.client.close_frames() == [(1011, "message #2 made the upstream fail twice")]
@@ -152,6 +194,20 @@ async def test_invalid_utf8_that_kills_the_upstream_twice_is_1007() -> None:
     h.session.upstream.transport_lost()
     await settle(0.02)
     assert h.client.close_frames() == [(1007, "message #1 is not valid UTF-8: the upstream dropped it twice")]
+
+
+async def test_invalid_utf8_behind_a_resent_window_message_is_found_and_named() -> None:
+    """A confirmed message re-sent from the window comes first in the kept bytes: the UTF-8 check skips it
+    and looks at #2, the message no upstream confirmed."""
+    h, _ = delivery_session("at_least_once")
+    send(h, b"fine")
+    await confirm(h, h.upstream)
+    send(h, b"caf\xc3")
+    h.session.upstream.transport_lost()
+    await settle(0.02)
+    h.session.upstream.transport_lost()
+    await settle(0.02)
+    assert h.client.close_frames() == [(1007, "message #2 is not valid UTF-8: the upstream dropped it twice")]
 
 
 async def test_twice_reset_while_sending_the_same_message_is_1009() -> None:

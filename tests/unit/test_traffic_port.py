@@ -138,6 +138,19 @@ async def test_a_malformed_head_is_400_in_one_line_and_later_input_is_dropped(
         assert len(lines) == 1 and lines[0].exc_info is None and "answered 400" in lines[0].getMessage()
 
 
+async def test_an_upgrade_over_another_http_version_is_505_in_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    """``GET / HTTP/2.0`` with every upgrade header is not relayed: 505, counted, one warning, no traceback."""
+    upgrade = (b"Host: example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+    async with traffic_port() as (_, seen, number):
+        with caplog.at_level(logging.WARNING, logger="gateway.http"):
+            answer = await exchange(number, b"GET / HTTP/2.0\r\n" + upgrade)
+        assert answer.startswith(b"HTTP/1.1 505 HTTP Version Not Supported\r\n"), answer
+        assert seen.failures == [505] and not seen.heads
+        [line] = [r for r in caplog.records if r.name == "gateway.http"]
+        assert line.exc_info is None and "answered 505: HTTP/2.0 is not supported" in line.getMessage()
+
+
 async def test_a_slow_head_gets_408_at_the_deadline() -> None:
     async with traffic_port(head_timeout=scaled(0.3)) as (port, seen, number):
         answer = await exchange(number, b"GET / HTTP/1.1\r\nHost: exa")

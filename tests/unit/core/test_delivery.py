@@ -4,7 +4,7 @@ re-send) and the rules that tell a refusal or a poison message from an outage.""
 from __future__ import annotations
 
 from gateway.core.codec import Opcode, build_frame
-from gateway.core.delivery import RECONNECT, Ledger, Loss, first_message_is_invalid_text, judge_loss
+from gateway.core.delivery import MAX_BOUNDARIES, RECONNECT, Ledger, Loss, first_message_is_invalid_text, judge_loss
 
 
 def write_messages(ledger: Ledger, first: int, count: int, size: int = 10) -> bytes:
@@ -108,6 +108,93 @@ def test_header_and_payload_of_a_reheaded_frame_are_kept_in_order() -> None:
     ledger = Ledger(keep_bytes=True, limit=1000)
     ledger.wrote(b"H", b"payload", 1, True)
     assert ledger.lost(1, False).resend == b"Hpayload"
+
+
+# --- the window of confirmed, possibly unhandled messages ----------------------------------------
+
+
+def test_at_most_once_counts_the_last_window_confirmed_messages_as_possibly_unhandled() -> None:
+    """Window 2: of 5 confirmed messages the last 2 are possibly unhandled; messages 1-3 are assumed handled."""
+    ledger = Ledger(keep_bytes=False, limit=1000, window=2)
+    write_messages(ledger, 0, 5)
+    ledger.confirm(ledger.mark())
+    write_messages(ledger, 5, 1)
+    lost = ledger.lost(6, False)
+    assert (lost.messages, lost.unhandled, lost.window, lost.assumed_handled) == (1, 2, 2, 3)
+
+
+def test_the_window_never_reaches_back_past_what_was_settled_at_a_replay() -> None:
+    """After a replay the messages before it are settled: a window of 10 covers only the 2 confirmed since."""
+    ledger = Ledger(keep_bytes=False, limit=1000, window=10)
+    write_messages(ledger, 0, 5)
+    ledger.lost(5, False)
+    ledger.resent(b"", 0, 5, 0)
+    write_messages(ledger, 5, 2)
+    ledger.confirm(ledger.mark())
+    lost = ledger.lost(7, False)
+    assert (lost.unhandled, lost.assumed_handled) == (2, 5)
+
+
+def test_at_least_once_keeps_the_window_before_the_confirmed_boundary() -> None:
+    """Window 2 messages: after confirming 4, messages 3-4 stay kept with the unconfirmed 5 and are re-sent."""
+    ledger = Ledger(keep_bytes=True, limit=1000, window=2, window_bytes=1000)
+    sent = write_messages(ledger, 0, 4)
+    ledger.confirm(ledger.mark())
+    later = write_messages(ledger, 4, 1)
+    assert ledger.kept_bytes == 30
+    lost = ledger.lost(5, False)
+    assert lost.resend == sent[20:] + later
+    assert (lost.resend_messages, lost.unhandled, lost.window) == (3, 0, 2)
+    assert (lost.resend_from, lost.assumed_handled) == (2, 2)
+
+
+def test_window_messages_past_window_bytes_are_not_kept_but_counted() -> None:
+    """Window 3 messages in 15 bytes: only the last 10-byte message fits; the other 2 are unhandled."""
+    ledger = Ledger(keep_bytes=True, limit=1000, window=3, window_bytes=15)
+    sent = write_messages(ledger, 0, 4)
+    ledger.confirm(ledger.mark())
+    lost = ledger.lost(4, False)
+    assert lost.resend == sent[30:] and (lost.resend_messages, lost.unhandled, lost.window) == (1, 2, 3)
+
+
+def test_one_write_of_several_messages_keeps_the_window_whole() -> None:
+    """Boundaries are known at the end of writes: a write of 3 messages is kept whole for a window of 2
+    (one more possible duplicate, never one less)."""
+    ledger = Ledger(keep_bytes=True, limit=1000, window=2, window_bytes=1000)
+    ledger.wrote(b"x" * 30, b"", 3, True)
+    ledger.confirm(ledger.mark())
+    lost = ledger.lost(3, False)
+    assert (lost.resend_messages, lost.unhandled) == (3, 0)
+
+
+def test_the_ledger_remembers_a_bounded_number_of_boundaries() -> None:
+    """Past MAX_BOUNDARIES writes without a pong the newest boundary replaces the last one: memory stays
+    bounded and the window can only start further back."""
+    ledger = Ledger(keep_bytes=True, limit=1 << 20, window=1, window_bytes=1 << 20)
+    write_messages(ledger, 0, MAX_BOUNDARIES + 100, size=1)
+    assert len(ledger._boundaries) == MAX_BOUNDARIES
+    ledger.confirm(ledger.mark())
+    lost = ledger.lost(MAX_BOUNDARIES + 100, False)
+    assert lost.resend_messages >= 1 and lost.unhandled == 0
+
+
+def test_highest_confirmed_survives_a_replay() -> None:
+    """A replay lowers ``confirmed`` to the settled count; ``highest_confirmed`` keeps what any upstream read."""
+    ledger = Ledger(keep_bytes=True, limit=1000, window=2, window_bytes=1000)
+    write_messages(ledger, 0, 3)
+    ledger.confirm(ledger.mark())
+    lost = ledger.lost(3, False)
+    ledger.resent(lost.resend, len(lost.resend), 3, lost.resend_messages)
+    assert (ledger.confirmed, ledger.highest_confirmed) == (1, 3)
+
+
+def test_invalid_text_after_skipped_messages_is_found() -> None:
+    """skip=1 passes over a valid first message (two fragments) to the invalid second one."""
+    first = (build_frame(Opcode.TEXT, b"ok", masked=True, fin=False)
+             + build_frame(Opcode.CONTINUATION, b"!", masked=True))
+    bad = build_frame(Opcode.TEXT, b"caf\xc3", masked=True)
+    assert not first_message_is_invalid_text(first + bad)
+    assert first_message_is_invalid_text(first + bad, skip=1)
 
 
 # --- refusals and poison messages -------------------------------------------------------------------
