@@ -45,6 +45,10 @@ MAX_BOUNDARIES: Final = 1024
 can then start only further back: more is re-sent, never less)."""
 
 
+_NO_BOUNDARIES: Final[deque[tuple[int, int]]] = deque(maxlen=0)
+"""at_most_once keeps no boundaries: one shared deque that stays empty (a deque costs ~600 bytes per session)."""
+
+
 class DeliveryMode(enum.Enum):
     """What the gateway does with unconfirmed client messages when the upstream is lost."""
 
@@ -125,7 +129,7 @@ class Ledger:
         """Absolute offset of ``_bytes[0]``: always a message boundary."""
         self._start_messages = 0
         """Complete messages before ``_start``."""
-        self._boundaries: deque[tuple[int, int]] = deque(((0, 0),))
+        self._boundaries: deque[tuple[int, int]] = deque(((0, 0),)) if keep_bytes else _NO_BOUNDARIES
         """(complete messages, offset) at the message boundaries from ``_start`` on (at_least_once):
         where the window's start may move to."""
         self._keeping = keep_bytes
