@@ -33,6 +33,7 @@ from gateway.core.scanner import FrameScanner, MessagePositions, ScannerSink
 from gateway.delivery import Confirmations
 from gateway.flow import WriteFlow
 from gateway.keepalive import wheel
+from gateway.masking import FAST_MASK
 
 __all__ = ["DROP", "DataOut", "Leg", "LegListener"]
 
@@ -206,7 +207,7 @@ class Leg:
         """Client leg with compression agreed: inflates this peer's compressed messages."""
         if compression is not None:
             sink = self.inflater = Inflater(self, compression, scanner_limits.max_message_size,
-                                            scanner_limits.max_frame_size)
+                                            scanner_limits.max_frame_size, FAST_MASK)
         self.scanner = FrameScanner(
             sink,
             expect_masked=not self.masked,

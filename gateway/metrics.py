@@ -21,10 +21,16 @@ from prometheus_client.registry import Collector
 from gateway import __version__
 from gateway.core.closecodes import Cause, Initiator, code_label
 from gateway.core.closerules import LegName, known_series
+from gateway.core.labels import (
+    COMPRESSION_RESULTS,
+    CONNECT_RESULTS,
+    DIRECTIONS,
+    HANDSHAKE_STATUSES,
+    RECONNECT_RESULTS,
+    REPLAY_DROP_REASONS,
+    RESUME_RESULTS,
+)
 from gateway.core.replay import OverflowPolicy
-from gateway.reconnect import RECONNECT_SUBPROTOCOL
-from gateway.resume import RESUME_RESULTS
-from gateway.upstream import ConnectResult
 
 __all__ = [
     "COMPRESSION_RESULTS",
@@ -40,23 +46,8 @@ disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series d
 
 PREFIX: Final = "ws_gateway"
 LEGS: Final = tuple(leg.value for leg in LegName)
-DIRECTIONS: Final = ("client_to_upstream", "upstream_to_client")
-HANDSHAKE_STATUSES: Final = ("400", "403", "404", "408", "426", "429", "431", "500", "502", "503", "504", "505",
-                              "other")
-"""Bounded ``status`` label values of handshake failures."""
-CONNECT_RESULTS: Final = tuple(result.value for result in ConnectResult)
-RECONNECT_RESULTS: Final = (*CONNECT_RESULTS, RECONNECT_SUBPROTOCOL)
-"""``result`` of reconnect attempts: the connect results, plus ``subprotocol`` (the new upstream
-chose another subprotocol than the first one)."""
-COMPRESSION_RESULTS: Final = ("negotiated", "not_offered", "declined")
-"""``result`` of permessage-deflate negotiation at client handshakes: agreed; the client offered none;
-offered and declined (client.compression.enabled false, or no offer the gateway accepts)."""
-REPLAY_DROP_REASONS: Final = ("unhandled", "unconfirmed", "cut", "overflow", "too_large", "refused")
-"""Why a client message was lost at an upstream outage (gateway.core.delivery, gateway.core.replay)."""
 OUTAGE_BUCKETS: Final = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-"""``result`` label values of upstream connection attempts: ``ok`` (101), ``refused``
-(TCP refused), ``error`` (other socket error), ``timeout``, ``invalid`` (a bad
-handshake answer), ``rejected`` (an HTTP status other than 101)."""
+"""Buckets, in seconds, of the outage-duration histogram (an upstream loss until relaying resumes)."""
 RTT_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 class TrafficCounters(Protocol):

@@ -28,18 +28,17 @@ from gateway.core.delivery import (
     first_message_is_invalid_text,
     judge_loss,
 )
+from gateway.core.labels import RECONNECT_SUBPROTOCOL, ConnectResult
 from gateway.core.replay import MessageBuffer, Overflow
 from gateway.core.scanner import MessagePositions
 from gateway.delivery import Confirmations
-from gateway.upstream import ConnectResult, UpstreamConnection, UpstreamRefused, UpstreamUnavailable
+from gateway.upstream import UpstreamConnection, UpstreamRefused, UpstreamUnavailable
 
 __all__ = ["GaveUp", "OutageHold", "Reconnected", "Recovery", "Reopen", "judge_outage", "outage_buffer", "reconnect"]
 
 Reopen = Callable[[int], Awaitable[UpstreamConnection]]
 """Opens a new upstream connection; the argument is the attempt number (1, 2, ...)."""
 
-RECONNECT_SUBPROTOCOL = "subprotocol"
-"""Reconnect attempt result: the new upstream chose another subprotocol than the first one."""
 
 
 @dataclass(frozen=True, slots=True)

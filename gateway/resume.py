@@ -26,12 +26,8 @@ from gateway.core.config import ResumeConfig
 from gateway.core.resume import ReplayLog, new_token, token_key
 from gateway.leg import DROP, DataOut, Leg
 
-__all__ = ["RESUME_RESULTS", "ReplayTap", "ResumeState"]
+__all__ = ["ReplayTap", "ResumeState"]
 
-RESUME_RESULTS: Final = ("resumed", "expired", "overflow", "refused")
-"""``result`` of client resumes: spliced back in; the grace period passed; the replay log
-overflowed while the client was away; a resume attempt refused with 4410 (unknown, wrong, reused
-or expired token, a malformed entry, or a session that could not take it)."""
 _CONFIRM_TAG: Final = b"resume:"
 
 

@@ -1,10 +1,11 @@
 """The gateway process: the traffic listener, the admin listener and graceful drain.
 
 Each client connection's protocol (:mod:`gateway.http`) reads its request
-head and hands it to :meth:`Gateway.handle`, which checks it, opens the
-upstream leg (:mod:`gateway.upstream`), writes the 101 and hands the
-connection's reads to the session: from then on both legs are relayed
-frame by frame. The admin port (/metrics, /healthz, /readyz) is an aiohttp
+head and hands it to :meth:`Gateway.handle`, which checks it (drain, upgrade
+rules, origin, limits, compression offer, resume) and gives it to the
+:class:`~gateway.accept.Acceptor`: it opens the upstream leg, writes the 101
+and hands the connection's reads to a new session; from then on both legs
+are relayed frame by frame. The admin port (/metrics, /healthz, /readyz) is an aiohttp
 application.
 
 SIGTERM (and SIGINT) start the drain: /readyz fails at once, the listener
@@ -17,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 import signal
 import time
 from typing import Final
@@ -26,37 +26,25 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from gateway.core.backoff import Breaker, full_jitter_backoff
-from gateway.core.closecodes import CloseCode
+from gateway.accept import Acceptor, refuse, switch_protocols
+from gateway.core.backoff import full_jitter_backoff
 from gateway.core.closerules import Event
 from gateway.core.codec import Opcode, build_close_payload, build_frame
 from gateway.core.compression import DeflateAgreement, ExtensionHeaderError, negotiate
-from gateway.core.config import GatewayConfig, RefusalMode, parse_host_port
-from gateway.core.forwarding import ForwardedRequest, forward_headers, offered_subprotocols
-from gateway.core.handshake import accept_key
-from gateway.core.resume import MARKER, RESUME_REFUSED, ResumeOffer, hello, parse_offer, token_key
+from gateway.core.config import GatewayConfig, parse_host_port
+from gateway.core.forwarding import forward_headers, offered_subprotocols
+from gateway.core.resume import MARKER, RESUME_REFUSED, ResumeOffer, parse_offer, token_key
 from gateway.core.targets import TargetPool
 from gateway.core.upgrade import Refusal, check_upgrade
 from gateway.gcpolicy import tune_after_start
-from gateway.http import BadRequestLog, ClientConnection, RequestHead, TrafficPort, sanitise
+from gateway.http import BadRequestLog, ClientConnection, RequestHead, TrafficPort
 from gateway.metrics import GatewayMetrics
-from gateway.reconnect import Recovery, Reopen
-from gateway.resume import ResumeState
 from gateway.session import Session
-from gateway.upstream import ConnectResult, UpstreamConnection, UpstreamRefused, UpstreamUnavailable, connect_any
 
 __all__ = ["Gateway", "run_gateway"]
 
 logger = logging.getLogger("gateway.server")
 
-SESSION_ID_HEADER: Final = "X-Gateway-Session-Id"
-"""Sent upstream on every handshake of a session, so the app can restore per-connection state."""
-RECONNECT_HEADER: Final = "X-Gateway-Reconnect"
-"""Sent upstream on reconnect handshakes: the attempt number within the current outage."""
-DUPLICATES_HEADER: Final = "X-Gateway-Possible-Duplicates"
-"""Sent on reconnect handshakes with reconnect.delivery at_least_once: how many of the first client
-messages on this connection were sent to the lost upstream without its confirmation (it may have
-read them). An app that must not process a message twice de-duplicates those."""
 _READY_CACHE_SECONDS: Final = 1.0
 _READY_PROBE_TIMEOUT: Final = 1.0
 
@@ -72,7 +60,6 @@ class Gateway:
         GCCollector(registry=registry)  # python_gc_collections_total{generation}: see gateway.gcpolicy
         self.metrics = GatewayMetrics(registry)
         self.sessions: set[Session] = set()
-        self.handshakes = 0
         self.resumable: dict[bytes, Session] = {}
         """Resumable sessions by their current token's key (gateway.resume)."""
         self.per_client: dict[str, int] = {}
@@ -80,10 +67,10 @@ class Gateway:
         self.draining = False
         self._networks = config.proxy.networks
         upstream = config.upstream
-        self.pool = TargetPool(upstream.url, upstream.selection, upstream.cooldown)
-        self._delays = functools.partial(full_jitter_backoff, config.reconnect.initial_backoff,
-                                         config.reconnect.max_backoff)
-        """One maker of reconnect delays for every session (a closure per session cost memory)."""
+        self.pool = TargetPool(upstream.url, upstream.selection, upstream.cooldown, time.monotonic)
+        # One maker of reconnect delays for every session (a closure per session cost memory).
+        delays = functools.partial(full_jitter_backoff, config.reconnect.initial_backoff, config.reconnect.max_backoff)
+        self._acceptor = Acceptor(config, self.metrics, self.pool, self.resumable, delays, lambda: self.draining)
         self._upstream_ok_at = 0.0
         self._admin_runner: web.BaseRunner | None = None
         self._traffic: TrafficPort | None = None
@@ -109,13 +96,12 @@ class Gateway:
 
     def _has_room(self, waiting_heads: int) -> bool:
         """Connections still sending their request head count against max_sessions with the sessions."""
-        return len(self.sessions) + self.handshakes + waiting_heads < self.config.max_sessions
+        return len(self.sessions) + self._acceptor.handshakes + waiting_heads < self.config.max_sessions
 
     def _refuse(self, connection: ClientConnection, status: int, text: str,
                 headers: dict[str, str] | None = None) -> None:
         """Answer the upgrade with an HTTP error (the connection closes after it), counted by status."""
-        self.metrics.handshake_failed(status)
-        connection.refuse(status, text, headers)
+        refuse(self.metrics, connection, status, text, headers)
 
     async def handle(self, connection: ClientConnection, head: RequestHead) -> None:
         """One client's upgrade: check it, open the upstream, answer 101 and start relaying; or refuse.
@@ -146,8 +132,7 @@ class Gateway:
                 self._refuse(connection, 429, f"client {forwarded.client_ip} holds its limit of {per_client} sessions")
                 return
             self.per_client[forwarded.client_ip] = held + 1
-        session = await self._connect_and_accept(connection, head, offered, offer, forwarded, target_path,
-                                                 compression)
+        session = await self._acceptor.accept(connection, head, offered, offer, forwarded, target_path, compression)
         if session is None:
             self._client_left(forwarded.client_ip)
             return
@@ -180,104 +165,6 @@ class Gateway:
             return Refusal(400, f"malformed Sec-WebSocket-Extensions header: {exc}")
         return "declined" if agreement is None else agreement
 
-    async def _connect_and_accept(
-        self,
-        connection: ClientConnection,
-        head: RequestHead,
-        offered: list[str],
-        offer: ResumeOffer,
-        forwarded: ForwardedRequest,
-        target_path: str,
-        compression: DeflateAgreement | str,
-    ) -> Session | None:
-        """Open the upstream leg, answer 101 and start relaying; or refuse as the upstream did.
-        ``offered`` is the client's subprotocol offer, ``offer`` the gateway's part of it."""
-        client_config = self.config.client
-        resumable = self.config.resume.enabled and offer.resumable
-        if resumable:
-            offered = list(offer.app_protocols)  # the app never sees the resumable marker
-        session_id = os.urandom(16).hex()
-        upstream_headers = [*forwarded.headers, (SESSION_ID_HEADER, session_id)]
-        self.handshakes += 1
-        try:
-            async with asyncio.timeout(client_config.handshake_timeout):
-                upstream, target = await connect_any(
-                    self.pool,
-                    self.config.upstream.connect_timeout,
-                    target_path,
-                    upstream_headers,
-                    offered,
-                    self.metrics.upstream_connect,
-                )
-        except TimeoutError:
-            self._refuse(connection, 504, "the upstream did not complete the handshake in time")
-            return None
-        except UpstreamUnavailable as exc:
-            logger.warning("upstream unavailable for %s: %s", sanitise(target_path), exc)
-            self._refuse(connection, 504 if exc.result is ConnectResult.TIMEOUT else 502,
-                         f"upstream unavailable: {exc}")
-            return None
-        except UpstreamRefused as exc:
-            if client_config.refusal is RefusalMode.CLOSE:
-                self.metrics.handshake_failed(exc.status)
-                self._accept_and_close(connection, head, exc.status)
-            elif 400 <= exc.status <= 599:
-                self._refuse(connection, exc.status, f"upstream refused the WebSocket upgrade with HTTP {exc.status}")
-            else:  # a 1xx, 2xx or 3xx is no answer a client can be given for its upgrade
-                self._refuse(connection, 502, f"upstream answered the WebSocket upgrade with HTTP {exc.status}")
-            return None
-        finally:
-            self.handshakes -= 1
-        client_transport = connection.transport
-        if client_transport is None or connection.gone:
-            upstream.transport.abort()  # the client left during the upgrade
-            return None
-        subprotocol = upstream.subprotocol or (MARKER if resumable else None)
-        if offered and subprotocol is None:
-            # Allowed (RFC 6455 4.2.2), but browsers then fail the connection: say so once.
-            logger.info(
-                "client offered subprotocols %s and the upstream chose none; browsers drop such a connection",
-                sanitise(", ".join(offered)),
-            )
-        agreement = compression if isinstance(compression, DeflateAgreement) else None
-        self._switch_protocols(connection, head, subprotocol, agreement)
-        self.metrics.compression_negotiated("negotiated" if agreement is not None else str(compression))
-        session = Session(
-            session_id,
-            forwarded.client_ip,
-            target_path.partition("?")[0],
-            self.metrics,
-            client_config,
-            self.config.upstream,
-        )
-        reconnect = self.config.reconnect
-        if reconnect.enabled:
-            session.recovery = Recovery(
-                config=reconnect,
-                reopen=self._reopener(session, target_path, upstream_headers, offered),
-                subprotocol=upstream.subprotocol,
-                delays=self._delays,
-                breaker=Breaker(reconnect.max_reconnects, reconnect.breaker_window),
-                allowed=not self.draining,
-            )
-        session.target = target
-        self.pool.opened(target)
-        if resumable:
-            assert subprotocol is not None
-            session.resume = ResumeState(self.config.resume, self.resumable, session, subprotocol, session.client_gone)
-            hello_text = hello(session.resume.issue_token(), self.config.resume.grace)
-            client_transport.write(build_frame(Opcode.TEXT, hello_text, masked=False))  # before any app message
-        session.attach(
-            client_transport,
-            connection.write_flow(),
-            upstream.transport,
-            upstream.protocol.write_flow(),
-            compression=agreement,
-        )
-        upstream.protocol.attach(session.upstream.scanner.feed, session.upstream.transport_lost, upstream.first_bytes)
-        connection.relay(session.client.scanner.feed, session.client.transport_lost)
-        return session
-
     def _resume(self, connection: ClientConnection, head: RequestHead, offer: ResumeOffer, offered: list[str],
                 compression: DeflateAgreement | str) -> None:
         """A client resumes (docs/resume.md): splice its new connection into its session; or refuse
@@ -287,11 +174,11 @@ class Gateway:
         transport = connection.transport
         if (session is None or resume is None or resume.subprotocol not in offered or transport is None
                 or not session.can_resume(offer.received)):
-            self._switch_protocols(connection, head, MARKER if MARKER in offered else None)
+            switch_protocols(connection, head, MARKER if MARKER in offered else None)
             self._close_resume(connection)
             return
         agreement = compression if isinstance(compression, DeflateAgreement) else None
-        self._switch_protocols(connection, head, resume.subprotocol, agreement)
+        switch_protocols(connection, head, resume.subprotocol, agreement)
         if not session.splice_client(transport, connection.write_flow(), agreement, offer.received):
             self._close_resume(connection)  # cannot happen between can_resume and here: no await
             return
@@ -304,51 +191,6 @@ class Gateway:
         self.metrics.client_resume("refused")
         payload = build_close_payload(RESUME_REFUSED, "session cannot be resumed")
         connection.close_after(build_frame(Opcode.CLOSE, payload, masked=False))
-
-    def _reopener(
-        self, session: Session, path: str, headers: list[tuple[str, str]], offered: list[str]
-    ) -> Reopen:
-        """The reconnect handshake: same path, query, headers and subprotocol offer, plus the attempt.
-
-        It may land on another target (the lost one is cooling down); the session moves with it.
-        """
-        frozen = tuple(headers)
-
-        async def reopen(attempt: int) -> UpstreamConnection:
-            headers = [*frozen, (RECONNECT_HEADER, str(attempt))]
-            if session.recovery is not None and session.recovery.possible_duplicates:
-                headers.append((DUPLICATES_HEADER, str(session.recovery.possible_duplicates)))
-            connection, target = await connect_any(
-                self.pool,
-                self.config.upstream.connect_timeout,
-                path,
-                headers,
-                offered,
-                self.metrics.upstream_connect,
-                wait=False,
-            )
-            if session.target is not None:
-                self.pool.closed(session.target)
-            self.pool.opened(target)
-            session.target = target
-            return connection
-
-        return reopen
-
-    @staticmethod
-    def _switch_protocols(connection: ClientConnection, head: RequestHead, subprotocol: str | None,
-                          agreement: DeflateAgreement | None = None) -> None:
-        key = head.header("Sec-WebSocket-Key")
-        assert key is not None  # check_upgrade refuses a request without one
-        connection.switch_protocols(accept_key(key), subprotocol,
-                                    agreement.response if agreement is not None else None)
-
-    def _accept_and_close(self, connection: ClientConnection, head: RequestHead, status: int) -> None:
-        """Refusal mode ``close``: upgrade, then close with 4000 + status so browsers see why."""
-        self._switch_protocols(connection, head, None)
-        code = 4000 + status if 100 <= status <= 999 else int(CloseCode.POLICY_VIOLATION)
-        reason = f"upstream refused the WebSocket upgrade with HTTP {status}"
-        connection.close_after(build_frame(Opcode.CLOSE, build_close_payload(code, reason), masked=False))
 
     # --- admin port -------------------------------------------------------------------
     async def _upstream_reachable(self) -> bool:

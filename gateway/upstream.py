@@ -15,7 +15,6 @@ Exceptions::
 from __future__ import annotations
 
 import asyncio
-import enum
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,11 +29,11 @@ from gateway.core.handshake import (
     new_key,
     parse_upgrade_response,
 )
+from gateway.core.labels import ConnectResult
 from gateway.core.targets import Target, TargetPool
 from gateway.flow import FlowControlledProtocol
 
 __all__ = [
-    "ConnectResult",
     "UpstreamConnection",
     "UpstreamError",
     "UpstreamProtocol",
@@ -45,23 +44,6 @@ __all__ = [
 ]
 
 _HEAD_END: Final = b"\r\n\r\n"
-
-
-class ConnectResult(enum.Enum):
-    """How an upstream connection attempt ended: the ``result`` label of the connect metrics."""
-
-    OK = "ok"
-    """101 Switching Protocols."""
-    REFUSED = "refused"
-    """TCP connection refused (nothing listens)."""
-    ERROR = "error"
-    """Another socket error, or the connection closed during the handshake."""
-    TIMEOUT = "timeout"
-    """No complete handshake within the time allowed."""
-    INVALID = "invalid"
-    """An answer that is not a valid WebSocket handshake."""
-    REJECTED = "rejected"
-    """An HTTP status other than 101."""
 
 
 class UpstreamError(Exception):

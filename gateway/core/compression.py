@@ -15,11 +15,27 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
-from gateway.core.config import CompressionConfig
+__all__ = ["EXTENSION", "CompressionSettings", "DeflateAgreement", "ExtensionHeaderError", "negotiate",
+           "parse_extensions"]
 
-__all__ = ["EXTENSION", "DeflateAgreement", "ExtensionHeaderError", "negotiate", "parse_extensions"]
+
+class CompressionSettings(Protocol):
+    """What negotiation reads of ``client.compression`` (``gateway.core.config.CompressionConfig`` is one):
+    a protocol, so this module does not depend on the configuration module."""
+
+    @property
+    def enabled(self) -> bool: ...
+    @property
+    def server_max_window_bits(self) -> int: ...
+    @property
+    def client_max_window_bits(self) -> int: ...
+    @property
+    def mem_level(self) -> int: ...
+    @property
+    def min_size(self) -> int: ...
+
 
 EXTENSION: Final = "permessage-deflate"
 _WIDEST: Final = 15
@@ -122,7 +138,7 @@ def _window(value: str | None) -> int:
     return int(value)
 
 
-def _accept(params: Params, config: CompressionConfig) -> DeflateAgreement | None:
+def _accept(params: Params, config: CompressionSettings) -> DeflateAgreement | None:
     """The agreement for one permessage-deflate offer, or None to decline it (RFC 7692 7.1: a
     parameter repeated, unknown, or with an invalid value)."""
     names = [name for name, _ in params]
@@ -167,7 +183,7 @@ def _accept(params: Params, config: CompressionConfig) -> DeflateAgreement | Non
 
 
 @functools.lru_cache(maxsize=256)
-def negotiate(header: str, config: CompressionConfig) -> DeflateAgreement | None:
+def negotiate(header: str, config: CompressionSettings) -> DeflateAgreement | None:
     """The agreement for the first acceptable permessage-deflate offer in ``header`` (the client's
     Sec-WebSocket-Extensions lines joined by commas), or None: compression off, or no offer the
     gateway can accept (the session then runs uncompressed). Cached: browsers send the same header

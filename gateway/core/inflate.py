@@ -72,16 +72,20 @@ class Inflater:
         agreement: what was negotiated.
         max_message_size: largest inflated message (the app's limit, ``upstream.max_message_size``).
         max_frame_size: largest frame written to the app (``upstream.max_frame_size``).
+        mask: XORs a payload with a masking key (both ways of every compressed frame): the core's
+            :func:`~gateway.core.codec.mask_payload` unless the caller has a faster one
+            (``gateway.masking``).
     """
 
-    __slots__ = ("_decoder", "_forwarded_size", "_inflating", "_input", "_input_fin", "_max_frame",
+    __slots__ = ("_decoder", "_forwarded_size", "_inflating", "_input", "_input_fin", "_mask", "_max_frame",
                  "_max_message", "_opcode", "_opened", "_queue", "_refusing", "_reset", "_size", "_wbits",
                  "complete_messages", "compressed_bytes", "discarded_messages", "in_message", "inflated_bytes",
                  "inner", "messages", "paused", "scanner")
 
     def __init__(self, inner: ScannerSink, agreement: DeflateAgreement, max_message_size: int,
-                 max_frame_size: int) -> None:
+                 max_frame_size: int, mask: Callable[[bytes, bytes], bytes] = mask_payload) -> None:
         self.inner: ScannerSink = inner
+        self._mask = mask
         self.scanner: FrameScanner | None = None
         """Set by the leg once its scanner exists: told when a message must be refused."""
         self.paused: Callable[[], bool] = _never
@@ -214,7 +218,7 @@ class Inflater:
             self._size = 0
         if self._decoder is None:
             self._decoder = zlib.decompressobj(wbits=self._wbits)
-        data = mask_payload(key, payload) if payload else b""
+        data = self._mask(key, payload) if payload else b""
         self.compressed_bytes += len(payload)
         self._input_fin = bool(b0 & 0x80)
         self._input = data + TAIL if self._input_fin else data
@@ -253,7 +257,7 @@ class Inflater:
                     mask = os.urandom(4)
                     frame_b0 = (0x80 if last else 0) | opcode
                     parts.append(build_header(last, opcode, len(out), mask))
-                    parts.append(mask_payload(mask, out))
+                    parts.append(self._mask(mask, out))
                     self._passed(frame_b0, len(out))
                     gathered += len(out)
                 if not more:

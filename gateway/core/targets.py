@@ -3,13 +3,13 @@
 ``upstream.url`` may list several URLs (e.g. several uvicorn processes in the pod).
 :class:`TargetPool` orders them for each connection attempt (round-robin or
 least-sessions), skips a target that failed to connect for ``upstream.cooldown``,
-and counts the sessions on each. Pure bookkeeping, no sockets.
+and counts the sessions on each. Pure bookkeeping, no sockets; the caller passes the clock.
 """
 
 from __future__ import annotations
 
 import enum
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -54,17 +54,20 @@ class TargetPool:
         urls: the upstream URLs, in configuration order.
         selection: how the first target of each attempt is chosen.
         cooldown: seconds a target that failed to connect is tried only after the others.
+        clock: monotonic seconds (the gateway passes ``time.monotonic``; tests a fake).
     """
 
-    def __init__(self, urls: tuple[str, ...], selection: Selection, cooldown: float) -> None:
+    def __init__(self, urls: tuple[str, ...], selection: Selection, cooldown: float,
+                 clock: Callable[[], float]) -> None:
         self.targets = [Target.from_url(url) for url in urls]
         self.selection = selection
         self.cooldown = cooldown
+        self._clock = clock
         self._next = 0
 
     def candidates(self) -> list[Target]:
         """Targets in the order to try them: available ones by the selection rule, cooling ones last."""
-        now = time.monotonic()
+        now = self._clock()
         count = len(self.targets)
         if self.selection is Selection.LEAST_SESSIONS:
             ordered = sorted(self.targets, key=lambda t: t.sessions)
@@ -78,7 +81,7 @@ class TargetPool:
 
     def failed(self, target: Target) -> None:
         """A connection to ``target`` failed: try the others first for a while."""
-        target.cool_until = time.monotonic() + self.cooldown
+        target.cool_until = self._clock() + self.cooldown
 
     def succeeded(self, target: Target) -> None:
         """A connection to ``target`` worked: it is no longer cooling down."""
