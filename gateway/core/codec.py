@@ -54,7 +54,7 @@ PACK_16: Final = struct.Struct("!H")
 PACK_64: Final = struct.Struct("!Q")
 
 
-def read_header(data: bytes, pos: int, end: int) -> tuple[int, int] | None:
+def read_header(data: bytes | bytearray, pos: int, end: int) -> tuple[int, int] | None:
     """``(header length, payload length)`` of the frame header at ``pos`` (RFC 6455 5.2), or None
     when ``data[pos:end]`` ends inside it. Needs at least two bytes at ``pos``."""
     b1 = data[pos + 1]

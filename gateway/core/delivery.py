@@ -34,7 +34,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Final
 
-from gateway.core.codec import PACK_16, PACK_64, Opcode, mask_payload
+from gateway.core.codec import Opcode, mask_payload, read_header
 
 __all__ = ["RECONNECT", "DeliveryMode", "Ledger", "Loss", "Mark", "Unconfirmed", "Verdict",
            "first_message_is_invalid_text", "judge_loss"]
@@ -329,14 +329,13 @@ def first_message_is_invalid_text(data: bytes, skip: int = 0) -> bool:
     suspected, never per message."""
     pos, opcode, payload = 0, -1, bytearray()
     while pos + 2 <= len(data):
-        b0, b1 = data[pos], data[pos + 1]
-        length, header = b1 & 0x7F, 2
-        if length == 126:
-            length, header = PACK_16.unpack_from(data, pos + 2)[0], 4
-        elif length == 127:
-            length, header = PACK_64.unpack_from(data, pos + 2)[0], 10
-        key = data[pos + header : pos + header + 4] if b1 & 0x80 else b""
-        start = pos + header + len(key)
+        read = read_header(data, pos, len(data))
+        if read is None:
+            return False  # the message is not all here
+        header_len, length = read
+        b0 = data[pos]
+        key = data[pos + header_len - 4 : pos + header_len] if data[pos + 1] & 0x80 else b""
+        start = pos + header_len
         if start + length > len(data):
             return False  # the message is not all here
         if skip:

@@ -17,14 +17,11 @@ mode and drops the rest of the message, counted in ``dropped["cut"]``.
 from __future__ import annotations
 
 import enum
-import struct
 from collections import deque
-from typing import Final
+
+from gateway.core.codec import read_header
 
 __all__ = ["MessageBuffer", "Overflow", "OverflowPolicy"]
-
-_PACK_16: Final = struct.Struct("!H")
-_PACK_64: Final = struct.Struct("!Q")
 
 
 class OverflowPolicy(enum.Enum):
@@ -122,19 +119,13 @@ class MessageBuffer:
                 self._message_done()
 
     def _parse_header(self) -> tuple[int, int, bool]:
-        """(header length, payload length, FIN) of the buffered header, or (0, 0, False) if incomplete."""
+        """(header length, payload length, FIN) of the buffered header, or (0, 0, False) if incomplete
+        (:func:`gateway.core.codec.read_header`, the one reader of frame headers)."""
         h = self._header
-        if len(h) < 2:
+        read = read_header(h, 0, len(h)) if len(h) >= 2 else None
+        if read is None:
             return 0, 0, False
-        length = h[1] & 0x7F
-        size = 2 + (2 if length == 126 else 8 if length == 127 else 0) + (4 if h[1] & 0x80 else 0)
-        if len(h) < size:
-            return 0, 0, False
-        if length == 126:
-            length = _PACK_16.unpack_from(h, 2)[0]
-        elif length == 127:
-            length = _PACK_64.unpack_from(h, 2)[0]
-        return size, length, bool(h[0] & 0x80)
+        return read[0], read[1], bool(h[0] & 0x80)
 
     def prime(self, earlier: bytes) -> None:
         """Take what was already forwarded since the last message boundary before the outage.
