@@ -1,8 +1,9 @@
 """Close codes and causes as named data (RFC 6455 section 7.4).
 
 Every close the gateway sends, relays or observes goes through this module:
-:class:`CloseCode` names the registered codes, :func:`wire_code` maps a code
-that must not appear on the wire to one that may, :func:`cause_for_code` turns
+:class:`CloseCode` names the registered codes, :func:`is_valid_wire_code` says
+which may appear in a close frame (1005 travels as an empty close body,
+``gateway.core.closing``), :func:`cause_for_code` turns
 a peer's code into one of the fixed :class:`Cause` labels, and
 :func:`code_label` buckets codes into the bounded label set used by the
 ``ws_gateway_closes_total`` metric.
@@ -23,7 +24,6 @@ __all__ = [
     "code_label",
     "explain_code",
     "is_valid_wire_code",
-    "wire_code",
 ]
 
 
@@ -105,26 +105,6 @@ def is_valid_wire_code(code: int) -> bool:
         3000-4999 range reserved for libraries and applications.
     """
     return code in _REGISTERED_ON_WIRE or 3000 <= code <= 4999
-
-
-def wire_code(code: int) -> int:
-    """Map any code to one that may be sent in a close frame.
-
-    A peer that lost its connection (1006) or sent no code (1005) must not
-    make the gateway send those values: the other peer would treat them as a
-    protocol error (uvicorn answers with 1002). They become 1011 and 1000.
-
-    Args:
-        code: a code observed on one leg.
-
-    Returns:
-        A code that is valid on the wire.
-    """
-    if is_valid_wire_code(code):
-        return code
-    if code == CloseCode.NO_STATUS:
-        return int(CloseCode.NORMAL)
-    return int(CloseCode.INTERNAL_ERROR)
 
 
 _CAUSE_BY_CODE: Final[dict[int, Cause]] = {

@@ -31,11 +31,6 @@ class LegName(enum.Enum):
     UPSTREAM = "upstream"
 
     @property
-    def other(self) -> LegName:
-        """The opposite leg."""
-        return LegName.UPSTREAM if self is LegName.CLIENT else LegName.CLIENT
-
-    @property
     def initiator(self) -> Initiator:
         """The initiator label for a close this leg's peer started."""
         return Initiator.CLIENT if self is LegName.CLIENT else Initiator.UPSTREAM
