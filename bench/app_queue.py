@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.run import free_port, wait_port
+from bench.run import free_port, start
 
 SERVERS: dict[str, list[str]] = {
     "uvicorn websockets-sansio": ["-m", "uvicorn", "--ws", "websockets-sansio"],
@@ -98,10 +97,8 @@ async def one_client(http: aiohttp.ClientSession, url: str, path: Path, settings
 async def measure(name: str, work_ms: int, settings: Settings) -> list[int]:
     record_dir = Path(tempfile.mkdtemp(prefix="app-queue-"))
     port = free_port()
-    process = subprocess.Popen(server_command(name, port), env={**os.environ, "RECORD_DIR": str(record_dir)},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = start(name, server_command(name, port), port, {"RECORD_DIR": str(record_dir)})
     try:
-        wait_port(port, process)
         depths: list[int] = []
         async with aiohttp.ClientSession() as http:
             await asyncio.gather(*(
@@ -110,12 +107,7 @@ async def measure(name: str, work_ms: int, settings: Settings) -> list[int]:
                 for i in range(settings.clients)))
         return depths
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        server.stop()
 
 
 def percentile(values: list[int], fraction: float) -> int:

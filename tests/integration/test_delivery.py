@@ -69,10 +69,26 @@ def outage_of(kind: str, app: Upstream, make_app: Callable[[], Upstream]) -> Cal
     return outage
 
 
-async def send_numbered(ws: aiohttp.ClientWebSocketResponse) -> None:
-    for seq in range(COUNT):
+async def send_numbered(ws: aiohttp.ClientWebSocketResponse, count: int) -> None:
+    for seq in range(count):
         await ws.send_str(str(seq))
         await asyncio.sleep(INTERVAL)
+
+
+async def numbered_through_outage(gw: GatewayProcess, record_dir: Path, clients: int, count: int,
+                                  outage: Callable[[], None], query: str = "") -> None:
+    """Each of ``clients`` sends ``count`` numbered messages (one every INTERVAL) to /ws/record while
+    ``outage`` runs in a thread; wait until the app recorded every client's last message, check that no
+    client was disconnected, and close them."""
+    async with aiohttp.ClientSession() as http:
+        sockets = [await http.ws_connect(f"{gw.url}/ws/record?client={i}{query}") for i in range(clients)]
+        await asyncio.gather(*(send_numbered(ws, count) for ws in sockets), asyncio.to_thread(outage))
+        await async_wait_until(
+            lambda: all(count - 1 in recorded(record_dir, i)[0] for i in range(clients)),
+            scaled(30), "the app to record every client's last message")
+        assert all(not ws.closed for ws in sockets), "no client was disconnected"
+        for ws in sockets:
+            await ws.close()
 
 
 @pytest.mark.parametrize("mode", ["at_most_once", "at_least_once"])
@@ -91,15 +107,7 @@ async def test_messages_across_an_upstream_outage_are_delivered_or_counted(
                       "max_backoff": "500ms"},
     })
     outage = outage_of(kind, app, lambda: make_upstream(port=app.port, app="tests.recording_app:app", env=env))
-    async with aiohttp.ClientSession() as http:
-        sockets = [await http.ws_connect(f"{gw.url}/ws/record?client={i}") for i in range(CLIENTS)]
-        await asyncio.gather(*(send_numbered(ws) for ws in sockets), asyncio.to_thread(outage))
-        await async_wait_until(
-            lambda: all(COUNT - 1 in recorded(record_dir, i)[0] for i in range(CLIENTS)),
-            scaled(20), "the app to record every client's last message")
-        assert all(not ws.closed for ws in sockets), "no client was disconnected"
-        for ws in sockets:
-            await ws.close()
+    await numbered_through_outage(gw, record_dir, CLIENTS, COUNT, outage)
     counted = {reason: await gw.metric("ws_gateway_replay_dropped_messages_total", reason=reason)
                for reason in LOSS_REASONS}
     assert await gw.metric("ws_gateway_sessions_resumed_total") >= CLIENTS, "every session rode out the outage"
@@ -238,22 +246,7 @@ async def test_messages_the_app_server_read_but_the_handler_never_got_are_resent
     gw = make_gateway(app.url, {"reconnect": {"delivery": mode, "buffer_messages": 5000,
                                               "initial_backoff": "50ms", "max_backoff": "500ms"}})
     outage = outage_of("SIGKILL", app, lambda: make_upstream(port=app.port, app="tests.recording_app:app", env=env))
-
-    async def send(ws: aiohttp.ClientWebSocketResponse) -> None:
-        for seq in range(BUSY_COUNT):
-            await ws.send_str(str(seq))
-            await asyncio.sleep(INTERVAL)
-
-    async with aiohttp.ClientSession() as http:
-        sockets = [await http.ws_connect(f"{gw.url}/ws/record?client={i}&work_ms={BUSY_WORK_MS}")
-                   for i in range(BUSY_CLIENTS)]
-        await asyncio.gather(*(send(ws) for ws in sockets), asyncio.to_thread(outage))
-        await async_wait_until(
-            lambda: all(BUSY_COUNT - 1 in recorded(record_dir, i)[0] for i in range(BUSY_CLIENTS)),
-            scaled(30), "the app to record every client's last message")
-        assert all(not ws.closed for ws in sockets), "no client was disconnected"
-        for ws in sockets:
-            await ws.close()
+    await numbered_through_outage(gw, record_dir, BUSY_CLIENTS, BUSY_COUNT, outage, f"&work_ms={BUSY_WORK_MS}")
     lines = {line["session_id"]: line for line in await gw.wait_session_log(BUSY_CLIENTS)}
     first_counted: dict[str, int] = {}
     for match in LOSS_LINE.finditer(gw.output()):
