@@ -8,8 +8,9 @@ The gateway runs in this process (uvloop, its default configuration) in front of
 server (``bench.echo_server``) in a child process; another child process runs the clients: each
 connects, upgrades on /ws/echo, sends one message, reads its echo, sends a close, reads the close
 reply and closes its socket, ``--concurrency`` at a time. The same client run goes through NGINX
-(one worker, ``bench.proxies``) first: its user and system CPU per session, from /proc, is the
-reference. Then the gateway's, without the profiler (``os.times``) and once more under cProfile.
+(one worker, ``bench.proxies``) and the bare uvloop pipe (``bench.pipe``, the floor of any Python
+relay) first: their user and system CPU per session, from /proc, are the references. Then the
+gateway's, without the profiler (``os.times``) and once more under cProfile.
 
 The report is the time the profiler saw, split by where the function lives (the gateway's modules
 one by one, asyncio, uvloop's callbacks, the standard library), then the top functions. cProfile
@@ -127,22 +128,20 @@ def cpu_times(pid: int) -> tuple[float, float]:
     return user / CLOCK_TICKS, system / CLOCK_TICKS
 
 
-def nginx_reference(upstream_port: int, count: int, concurrency: int, workdir: Path) -> tuple[float, float]:
-    """User and system CPU seconds NGINX spends on the same client run."""
-    port = free_port()
-    nginx = subprocess.Popen(nginx_command(workdir, port, upstream_port), cwd=ROOT, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+def reference(command: list[str], port: int, count: int, concurrency: int) -> tuple[float, float]:
+    """User and system CPU seconds a reference relay (NGINX, the uvloop pipe) spends on the same client run."""
+    relay = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_port(port, nginx)
+        wait_port(port, relay)
         uvloop.run(spawn_clients(port, 50, concurrency))
-        user0, system0 = cpu_times(nginx.pid)
+        user0, system0 = cpu_times(relay.pid)
         uvloop.run(spawn_clients(port, count, concurrency))
         time.sleep(0.2)  # the last closes
-        user1, system1 = cpu_times(nginx.pid)
+        user1, system1 = cpu_times(relay.pid)
         return user1 - user0, system1 - system0
     finally:
-        nginx.terminate()
-        nginx.wait(timeout=10)
+        relay.terminate()
+        relay.wait(timeout=10)
 
 
 def where(filename: str) -> str:
@@ -160,18 +159,24 @@ def where(filename: str) -> str:
 
 
 def report(stats: pstats.Stats, cpu: float, wall: float, plain: os.times_result, nginx: tuple[float, float],
-           count: int, concurrency: int, top: int, sort: str) -> str:
+           pipe: tuple[float, float], count: int, concurrency: int, top: int, sort: str) -> str:
     by_group: dict[str, float] = defaultdict(float)
     raw = stats.stats  # type: ignore[attr-defined]
     for (filename, _, _), (_, _, own, _, _) in raw.items():
         by_group[where(filename)] += own
     seen = sum(by_group.values())
     gateway_us, nginx_us = (plain.user + plain.system) / count * 1e6, sum(nginx) / count * 1e6
+    pipe_us = sum(pipe) / count * 1e6
+
+    def row(name: str, us: float, user: float, system: float) -> str:
+        return (f"| {name} | {us:,.0f} | {user / count * 1e6:,.0f} | {system / count * 1e6:,.0f} | "
+                f"{f'{us / nginx_us:.2f}x' if nginx_us else '-'} | {f'{us / pipe_us:.2f}x' if pipe_us else '-'} |")
+
     lines = [f"# CPU per session (connect, upgrade, one echo, close; {count} sessions, {concurrency} at a time)\n",
-             "| relay | µs per session | user | system | vs nginx |", "|---|---:|---:|---:|---:|",
-             f"| ws-gateway | {gateway_us:,.0f} | {plain.user / count * 1e6:,.0f} | "
-             f"{plain.system / count * 1e6:,.0f} | {f'{gateway_us / nginx_us:.2f}x' if nginx_us else '-'} |",
-             f"| nginx | {nginx_us:,.0f} | {nginx[0] / count * 1e6:,.0f} | {nginx[1] / count * 1e6:,.0f} | 1.00x |",
+             "| relay | µs per session | user | system | vs nginx | vs uvloop pipe |", "|---|---:|---:|---:|---:|---:|",
+             row("ws-gateway", gateway_us, plain.user, plain.system),
+             row("nginx", nginx_us, *nginx),
+             row("uvloop pipe (bench/pipe.py: the floor)", pipe_us, *pipe),
              f"\n(clock ticks of {1e6 / CLOCK_TICKS / count:,.0f} µs per session; system is the kernel's share: "
              "socket calls and loopback TCP)\n",
              f"# Handshake profile: {count} sessions (connect, upgrade, one echo, close), "
@@ -205,12 +210,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         wait_port(upstream_port, upstream)
         with tempfile.TemporaryDirectory(prefix="bench-nginx-") as workdir:
-            nginx = nginx_reference(upstream_port, args.sessions, args.concurrency, Path(workdir))
+            port = free_port()
+            nginx = reference(nginx_command(Path(workdir), port, upstream_port), port, args.sessions, args.concurrency)
+        port = free_port()
+        pipe = reference([sys.executable, "-m", "bench.pipe", str(port), str(upstream_port)], port, args.sessions,
+                         args.concurrency)
         stats, cpu, wall, plain = uvloop.run(profile(args.sessions, args.concurrency, upstream_port))
     finally:
         upstream.terminate()
         upstream.wait(timeout=10)
-    print(report(stats, cpu, wall, plain, nginx, args.sessions, args.concurrency, args.top, args.sort))
+    print(report(stats, cpu, wall, plain, nginx, pipe, args.sessions, args.concurrency, args.top, args.sort))
     return 0
 
 

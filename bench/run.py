@@ -1,4 +1,5 @@
-"""Relay benchmark: ws-gateway against NGINX, HAProxy, a naive aiohttp relay and a direct connection.
+"""Relay benchmark: ws-gateway against NGINX, HAProxy, a naive aiohttp relay, a bare uvloop pipe (the
+floor of any Python relay, bench/pipe.py) and a direct connection.
 
 One command, one run, the same echo upstream for every relay, on loopback:
 
@@ -193,6 +194,9 @@ def start_relays(upstream_port: int, workdir: Path) -> list[Server]:
     servers.append(start("nginx", nginx_command(workdir / f"nginx-{port}", port, upstream_port), port))
     port = free_port()
     servers.append(start("haproxy", haproxy_command(workdir / f"haproxy-{port}", port, upstream_port), port))
+    # The floor of any Python relay (bench/pipe.py): uvloop copying bytes, nothing parsed.
+    port = free_port()
+    servers.append(start("uvloop pipe", [python, "-m", "bench.pipe", str(port), str(upstream_port)], port))
     return servers
 
 

@@ -15,7 +15,7 @@ def test_quick_benchmark_reports_all_relays() -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {line.split("|")[1].strip(): line for line in result.stdout.splitlines() if line.startswith("| ")}
     for relay in ("direct", "ws-gateway", "ws-gateway, reconnect off", "ws-gateway, at_least_once",
-                  "naive aiohttp", "nginx", "haproxy"):
+                  "naive aiohttp", "nginx", "haproxy", "uvloop pipe"):
         assert relay in rows, result.stdout
     gateway_cells = [cell.strip() for cell in rows["ws-gateway"].split("|")]
     assert gateway_cells[2] != "-" and float(gateway_cells[2]) > 0, "gateway CPU per message was measured"
@@ -92,13 +92,16 @@ def test_idle_memory_report_attributes_what_idle_sessions_hold() -> None:
 
 def test_handshake_profile_measures_the_gateway_next_to_nginx_and_splits_the_profile() -> None:
     """`python -m bench.handshake_profile --sessions 200`: every session upgraded, echoed and closed through
-    NGINX and the gateway (a failed one stops the script), both CPU rows and the profile's split reported."""
+    NGINX, the uvloop pipe and the gateway (a failed one stops the script), the CPU rows and the profile's split
+    reported."""
     result = subprocess.run([sys.executable, "-m", "bench.handshake_profile", "--sessions", "200", "--top", "5"],
                             capture_output=True, text=True, cwd=ROOT, timeout=scaled(180), check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = {line.split("|")[1].strip(): line for line in result.stdout.splitlines() if line.startswith("| ")}
     assert "ws-gateway" in rows and "nginx" in rows, result.stdout
+    assert "uvloop pipe (bench/pipe.py: the floor)" in rows, result.stdout
     assert int(rows["ws-gateway"].split("|")[2].strip().replace(",", "")) > 0, rows["ws-gateway"]
+    assert rows["ws-gateway"].rstrip(" |").endswith("x"), "the gateway is compared with the pipe"
     assert "| gateway/http.py |" in result.stdout and "| gateway/upstream.py |" in result.stdout, result.stdout
 
 
