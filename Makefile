@@ -1,4 +1,5 @@
-# Quick start: `make demo` runs the gateway with the example app; `make test` runs every check.
+# Quick start: `make unit` runs the unit tests in seconds (no root, no servers); `make demo` runs the gateway
+# with the example app; `make test` runs every check.
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
@@ -6,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Node.js clients the tests drive (tests/node: the `ws` package, pinned by its package-lock.json).
 NODE_STAMP := tests/node/node_modules/.installed
 
-.PHONY: demo test lint bench storm compression conformance dashboard dashboard-preview image system-deps clean fuzz
+.PHONY: demo unit test lint bench storm compression conformance dashboard dashboard-preview image system-deps clean fuzz
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +28,10 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check gateway tests examples bench observability conformance fuzz clients
 	$(BIN)/mypy --strict gateway
+
+# The unit tests alone, on virtual time (tests/virtual_time.py): the first thing to run after a change.
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
 
 test: $(STAMP) system-deps $(NODE_STAMP) lint
 	$(BIN)/python -m pytest -q

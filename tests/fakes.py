@@ -1,7 +1,8 @@
-"""Socket-free doubles for driving a real Session and its Legs in milliseconds.
+"""Socket-free doubles for driving a real Session and its Legs in milliseconds of virtual time.
 
 :class:`FakeTransport` records what the gateway writes (and anything it writes
-after closing), and lets a test say how full its write buffer is;
+after closing), when (the loop's clock: virtual in tests/unit, see
+tests/virtual_time.py), and lets a test say how full its write buffer is;
 :class:`FakeFlow` is the matching write-side flow control. :func:`open_session`
 builds a real :class:`~gateway.session.Session` on two fake transports, with
 the real configuration (defaults plus overrides) and a fresh metrics registry.
@@ -11,6 +12,7 @@ The assertion helpers read the frames back the way a peer would.
 from __future__ import annotations
 
 import asyncio
+import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -33,17 +35,27 @@ class FakeTransport:
     def __init__(self, name: str) -> None:
         self.name = name
         self.written = bytearray()
+        self._stamps: tuple[list[int], list[float]] = ([], [])
+        """Where each write began in ``written``, and the loop time it was made at."""
         self.after_close = bytearray()
         """Bytes written after close() or abort(): a correct gateway writes none."""
         self.closed = False
         self.aborted = False
+        self.closed_at: float | None = None
+        self.aborted_at: float | None = None
+        """Loop time of the first close() and of abort()."""
         self.reading = True
         self.buffered = 0
         """What get_write_buffer_size() answers (a test sets it to simulate a peer that does not read)."""
         self.limits: tuple[int, int] = (0, 0)
 
     def write(self, data: bytes) -> None:
-        (self.after_close if self.closed else self.written).extend(data)
+        if self.closed:
+            self.after_close.extend(data)
+            return
+        self._stamps[0].append(len(self.written))
+        self._stamps[1].append(asyncio.get_running_loop().time())
+        self.written.extend(data)
 
     def writelines(self, parts: Iterable[bytes]) -> None:
         for part in parts:
@@ -56,10 +68,12 @@ class FakeTransport:
         self.limits = (high, low)
 
     def close(self) -> None:
-        self.closed = True
+        if not self.closed:
+            self.closed, self.closed_at = True, asyncio.get_running_loop().time()
 
     def abort(self) -> None:
-        self.closed = self.aborted = True
+        self.close()
+        self.aborted, self.aborted_at = True, asyncio.get_running_loop().time()
 
     def is_closing(self) -> bool:
         return self.closed
@@ -73,6 +87,13 @@ class FakeTransport:
     def frames(self) -> list[Frame]:
         """Every frame written so far, unmasked."""
         return parse_frames(bytes(self.written))
+
+    def timed_frames(self, opcode: int | None = None) -> list[tuple[float, Frame]]:
+        """(loop time of the write that began it, frame) for every frame written so far, or those of ``opcode``."""
+        offsets, times = self._stamps
+        timed = [(times[bisect.bisect_right(offsets, start) - 1], frame)
+                 for start, frame in _parse(bytes(self.written))]
+        return [(at, frame) for at, frame in timed if opcode is None or frame[1] == opcode]
 
     def close_frames(self) -> list[tuple[int, str]]:
         """(code, reason) of each close frame written (1005 for an empty one)."""
@@ -105,8 +126,28 @@ class FakeFlow(WriteFlow):
 
 def parse_frames(data: bytes) -> list[Frame]:
     """Decode whole frames (unmasking masked ones); fails on a cut frame."""
+    return [frame for _, frame in _parse(data)]
+
+
+def first_bytes(data: bytes) -> list[int]:
+    """The first header byte of every frame in ``data`` (masked or not)."""
+    firsts, pos = [], 0
+    while pos < len(data):
+        firsts.append(data[pos])
+        length, size = data[pos + 1] & 0x7F, 2
+        if length == 126:
+            length, size = int.from_bytes(data[pos + 2:pos + 4], "big"), 4
+        elif length == 127:
+            length, size = int.from_bytes(data[pos + 2:pos + 10], "big"), 10
+        pos += size + (4 if data[pos + 1] & 0x80 else 0) + length
+    return firsts
+
+
+def _parse(data: bytes) -> list[tuple[int, Frame]]:
+    """(offset, frame) for each whole frame in ``data``."""
     frames, pos = [], 0
     while pos < len(data):
+        start = pos
         b0, b1 = data[pos], data[pos + 1]
         length, pos = b1 & 0x7F, pos + 2
         if length == 126:
@@ -119,7 +160,7 @@ def parse_frames(data: bytes) -> list[Frame]:
         payload = data[pos:pos + length]
         assert len(payload) == length, "a write ended inside a frame"
         pos += length
-        frames.append((bool(b0 & 0x80), b0 & 0x0F, mask_payload(key, payload) if key else payload))
+        frames.append((start, (bool(b0 & 0x80), b0 & 0x0F, mask_payload(key, payload) if key else payload)))
     return frames
 
 
@@ -135,11 +176,13 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 FAST: dict[str, Any] = {
-    "client": {"ping_interval": "10s", "close_timeout": "200ms", "slow_consumer_timeout": "100ms"},
-    "upstream": {"ping_interval": "10s"},
+    "client": {"ping_interval": "10s", "ping_jitter": "0s", "close_timeout": "200ms",
+               "slow_consumer_timeout": "100ms"},
+    "upstream": {"ping_interval": "10s", "ping_jitter": "0s"},
     "reconnect": {"enabled": False},
 }
-"""Defaults for socket-free tests: no pings unless a test asks, short close and slow-consumer timeouts."""
+"""Defaults for socket-free tests: no pings unless a test asks (or waits 10 s: at exactly 10 s, no jitter),
+short close and slow-consumer timeouts."""
 
 
 @dataclass
@@ -192,8 +235,3 @@ def attach(harness: Harness) -> Harness:
         harness.upstream_flow,
     )
     return harness
-
-
-async def settle(seconds: float = 0.0) -> None:
-    """Let timers and callbacks due within ``seconds`` run."""
-    await asyncio.sleep(seconds)

@@ -2,7 +2,8 @@
 
 Time in tests is ``scaled(seconds)``: multiply by WS_GATEWAY_TEST_SCALE (default 1)
 on a slower machine. Waits poll a condition; nothing sleeps a fixed time to
-let something happen.
+let something happen. (Unit tests on fake transports need no scale: they run on
+virtual time, tests/virtual_time.py.)
 """
 
 from __future__ import annotations

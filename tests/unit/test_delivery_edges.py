@@ -7,9 +7,9 @@ from __future__ import annotations
 from gateway.core.codec import Opcode
 from gateway.core.replay import MessageBuffer, OverflowPolicy
 from gateway.session import SessionState
-from tests.fakes import settle
 from tests.support import client_frame
 from tests.unit.test_delivery_session import confirm, delivery_session, send
+from tests.virtual_time import idle
 
 
 def data_frames(transport: object) -> list[tuple[bool, int, bytes]]:
@@ -32,13 +32,13 @@ async def test_at_least_once_the_write_that_ends_a_cut_message_is_not_recorded_a
     h, upstreams = delivery_session("at_least_once", buffer_bytes="100B")
     h.from_client(client_frame(Opcode.TEXT, b"a" * 150, fin=False))  # too large to keep: cut
     h.session.upstream.transport_lost()
-    await settle(0.02)
+    await idle()
     assert len(upstreams) == 1 and h.session.state is SessionState.RECONNECTING, "waiting for the cut message"
     h.from_client(client_frame(Opcode.CONTINUATION, b"end"))  # ends the skip: resumes inside this write
     assert h.session.state is SessionState.OPEN
     send(h, b"next")
     h.session.upstream.transport_lost()  # before any confirmation: "next" is re-sent
-    await settle(0.02)
+    await idle()
     assert len(upstreams) == 2
     assert data_frames(upstreams[1]) == [(True, Opcode.TEXT, b"next")]
 
@@ -63,14 +63,14 @@ async def test_at_most_once_a_message_in_progress_across_two_outages_is_resent_f
     send(h, b"m3", b"m4")  # unconfirmed: lost at the first loss (first unconfirmed: #3)
     h.from_client(client_frame(Opcode.TEXT, b"one ", fin=False))
     h.session.upstream.transport_lost()
-    await settle(0.02)
+    await idle()
     assert h.session.state is SessionState.OPEN
     assert data_frames(upstreams[0]) == [(False, Opcode.TEXT, b"one ")], "replayed from its start"
     h.from_client(client_frame(Opcode.CONTINUATION, b"two ", fin=False))
     h.session.upstream.transport_lost()  # first unconfirmed now #5: an outage, not poison
-    await settle(0.02)
+    await idle()
     h.from_client(client_frame(Opcode.CONTINUATION, b"three"))
-    await settle(0.02)
+    await idle()
     assert h.session.state is SessionState.OPEN and not h.client.close_frames()
     frames = data_frames(upstreams[1])
     assert frames and frames[0][1] == Opcode.TEXT, f"a continuation frame without its start: {frames}"

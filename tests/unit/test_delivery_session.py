@@ -1,22 +1,27 @@
 """Delivery guarantees on fake transports: confirmation pings, and what an outage does with the
-messages the lost upstream had not confirmed, in both reconnect.delivery modes."""
+messages the lost upstream had not confirmed, in both reconnect.delivery modes. On virtual time
+(tests/virtual_time.py): a reconnection to an instant fake upstream completes without the clock moving."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from gateway.core.codec import Opcode, build_frame
 from gateway.session import SessionState
 from gateway.upstream import UpstreamConnection, UpstreamProtocol
-from tests.fakes import FakeTransport, Harness, open_session, settle
+from tests.fakes import FakeTransport, Harness, open_session
 from tests.support import client_frame
 from tests.unit.test_session import with_recovery
+from tests.virtual_time import advance, idle, virtual_loop
+
+CONFIRM_INTERVAL = 0.02
+"""reconnect.confirm_interval in these tests (20 ms)."""
 
 
 def delivery_session(mode: str, **reconnect: Any) -> tuple[Harness, list[FakeTransport]]:
     """A session with reconnection in ``mode``; each reconnect gets a new fake upstream (listed)."""
     h = open_session({"reconnect": {"enabled": True, "delivery": mode, "confirm_interval": "20ms", **reconnect}})
+    assert h.config.reconnect.confirm_interval == CONFIRM_INTERVAL
     upstreams: list[FakeTransport] = []
 
     async def reopen(attempt: int) -> UpstreamConnection:
@@ -44,12 +49,11 @@ def send(h: Harness, *messages: bytes) -> None:
 
 
 async def confirm(h: Harness, upstream: FakeTransport, feed: Any = None) -> None:
-    """Wait for the confirmation ping on ``upstream`` and answer it as the app's WebSocket layer would."""
+    """Let confirm_interval pass, which sends one confirmation ping on ``upstream`` (the messages waiting for
+    one armed its timer), and answer it as the app's WebSocket layer would."""
     before = len(pings(upstream))
-    for _ in range(50):
-        await settle(0.01)
-        if len(pings(upstream)) > before:
-            break
+    await advance(CONFIRM_INTERVAL)
+    assert len(pings(upstream)) == before + 1, "one confirmation ping within confirm_interval"
     payload = pings(upstream)[-1]
     (feed or h.session.upstream.scanner.feed)(build_frame(Opcode.PONG, payload, masked=False))
 
@@ -61,14 +65,16 @@ def lost(h: Harness, reason: str) -> float:
 async def test_a_confirmation_ping_follows_client_messages_and_an_idle_session_sends_none() -> None:
     """After client messages, one 9-byte ping goes upstream behind them; its pong confirms them all."""
     h, _ = delivery_session("at_most_once")
+    sent_at = virtual_loop().time()
     send(h, b"one", b"two", b"three")
     await confirm(h, h.upstream)
     frames = h.upstream.frames()
     assert [op for _, op, _ in frames] == [Opcode.TEXT] * 3 + [Opcode.PING]
     assert len(frames[-1][2]) == 9, "not a keepalive payload (8 bytes)"
+    assert [at for at, _ in h.upstream.timed_frames(Opcode.PING)] == [sent_at + CONFIRM_INTERVAL]
     confirmations = h.session.recovery.confirmations  # type: ignore[union-attr]
     assert confirmations is not None and confirmations.ledger.confirmed == 3
-    await settle(0.08)
+    await advance(1.0)
     assert len(pings(h.upstream)) == 1, "nothing new to confirm: no more pings"
     send(h, b"four")
     await confirm(h, h.upstream)
@@ -86,7 +92,7 @@ async def test_at_most_once_counts_the_unconfirmed_messages_and_does_not_resend_
     assert h.session.state is SessionState.RECONNECTING
     assert (lost(h, "unconfirmed"), lost(h, "unhandled")) == (3, 0)
     send(h, b"during")
-    await settle(0.02)
+    await idle()
     assert h.session.state is SessionState.OPEN
     assert texts(upstreams[0]) == [b"during"]
     assert h.session.recovery is not None and h.session.recovery.lost_total == 3
@@ -102,7 +108,7 @@ async def test_at_most_once_counts_the_last_confirmed_messages_as_possibly_unhan
     send(h, b"m5", b"m6")
     h.session.upstream.transport_lost()
     assert (lost(h, "unhandled"), lost(h, "unconfirmed")) == (3, 2)
-    await settle(0.02)
+    await idle()
     assert h.session.state is SessionState.OPEN and texts(upstreams[0]) == []
     assert h.session.recovery is not None and h.session.recovery.lost_total == 5
 
@@ -116,7 +122,7 @@ async def test_at_least_once_resends_the_unconfirmed_messages_first_in_order() -
     send(h, b"m3", b"m4", b"m5")
     h.session.upstream.transport_lost()
     send(h, b"during")
-    await settle(0.02)
+    await idle()
     assert h.session.state is SessionState.OPEN
     assert texts(upstreams[0]) == [b"m3", b"m4", b"m5", b"during"]
     assert sum(lost(h, r) for r in ("unhandled", "unconfirmed", "cut", "overflow", "too_large")) == 0
@@ -132,7 +138,7 @@ async def test_at_least_once_resends_the_window_of_confirmed_messages_before_the
     send(h, b"m3", b"m4", b"m5")
     h.session.upstream.transport_lost()
     send(h, b"during")
-    await settle(0.02)
+    await idle()
     assert texts(upstreams[0]) == [b"m2", b"m3", b"m4", b"m5", b"during"]
     assert sum(lost(h, r) for r in ("unhandled", "unconfirmed", "cut", "overflow", "too_large")) == 0
     assert h.session.recovery is not None and h.session.recovery.possible_duplicates == 4
@@ -145,7 +151,7 @@ async def test_at_least_once_counts_window_messages_past_app_queue_bytes_as_unha
     send(h, b"a" * 60, b"b" * 60, b"c" * 60)
     await confirm(h, h.upstream)
     h.session.upstream.transport_lost()
-    await settle(0.02)
+    await idle()
     assert texts(upstreams[0]) == [b"c" * 60]
     assert lost(h, "unhandled") == 2
 
@@ -155,12 +161,12 @@ async def test_at_least_once_resends_again_after_a_confirmed_replay() -> None:
     h, upstreams = delivery_session("at_least_once", app_queue_messages=0)
     send(h, b"a", b"b")
     h.session.upstream.transport_lost()
-    await settle(0.02)
+    await idle()
     assert texts(upstreams[0]) == [b"a", b"b"]
     await confirm(h, upstreams[0])
     send(h, b"c")
     h.session.upstream.transport_lost()
-    await settle(0.02)
+    await idle()
     assert texts(upstreams[1]) == [b"c"]
     assert h.session.state is SessionState.OPEN
 
@@ -174,10 +180,10 @@ async def test_a_message_that_kills_the_upstream_again_on_replay_ends_the_sessio
     await confirm(h, h.upstream)
     send(h, b"poison")
     h.session.upstream.transport_lost()
-    await settle(0.02)
+    await idle()
     assert texts(upstreams[0]) == [b"fine", b"poison"]
     h.session.upstream.transport_lost()
-    await settle(0.02)
+    await advance(1.0)
     assert h.client.close_frames() == [(1011, "message #2 made the upstream fail twice")]
     assert len(upstreams) == 1
     assert lost(h, "refused") == 1
@@ -190,9 +196,9 @@ async def test_invalid_utf8_that_kills_the_upstream_twice_is_1007() -> None:
     h, _ = delivery_session("at_least_once")
     send(h, b"caf\xc3")
     h.session.upstream.transport_lost()
-    await settle(0.02)
+    await idle()
     h.session.upstream.transport_lost()
-    await settle(0.02)
+    await idle()
     assert h.client.close_frames() == [(1007, "message #1 is not valid UTF-8: the upstream dropped it twice")]
 
 
@@ -204,9 +210,9 @@ async def test_invalid_utf8_behind_a_resent_window_message_is_found_and_named() 
     await confirm(h, h.upstream)
     send(h, b"caf\xc3")
     h.session.upstream.transport_lost()
-    await settle(0.02)
+    await idle()
     h.session.upstream.transport_lost()
-    await settle(0.02)
+    await idle()
     assert h.client.close_frames() == [(1007, "message #2 is not valid UTF-8: the upstream dropped it twice")]
 
 
@@ -215,9 +221,9 @@ async def test_twice_reset_while_sending_the_same_message_is_1009() -> None:
     h, _ = delivery_session("at_least_once")
     send(h, b"x" * 300)
     h.session.upstream.transport_lost(reset=True)
-    await settle(0.02)
+    await idle()
     h.session.upstream.transport_lost(reset=True)
-    await settle(0.02)
+    await idle()
     assert h.client.close_frames() == [(1009, "message #1 refused by the upstream twice (reset while sending)")]
     h.session.client.transport_lost()
     assert h.closes("client", 1009, "gateway", "message_too_big") == 1
@@ -232,7 +238,7 @@ async def test_a_reset_while_sending_a_message_too_large_to_resend_is_1009_at_on
         await confirm(h, h.upstream)
         send(h, b"y" * 2048)
         h.session.upstream.transport_lost(reset=True)
-        await settle(0.02)
+        await advance(1.0)
         assert h.client.close_frames() == [
             (1009, "message #2 (2048 bytes) refused by the upstream (reset while sending; too large to re-send)")], mode
         assert not upstreams, "no reconnect"
@@ -243,7 +249,7 @@ async def test_an_orderly_close_during_a_large_message_is_an_outage() -> None:
     h, upstreams = delivery_session("at_most_once", buffer_bytes="1KiB")
     send(h, b"y" * 2048)
     h.session.upstream.transport_lost()
-    await settle(0.02)
+    await idle()
     assert h.session.state is SessionState.OPEN and len(upstreams) == 1
     assert lost(h, "unconfirmed") == 1
 
@@ -256,7 +262,7 @@ async def test_a_message_in_progress_at_the_loss_is_resent_whole_in_both_modes()
         h.from_client(client_frame(Opcode.TEXT, b"first half ", fin=False))
         h.session.upstream.transport_lost()
         h.from_client(client_frame(Opcode.CONTINUATION, b"second half"))
-        await settle(0.02)
+        await idle()
         frames = upstreams[0].frames()
         assert [(fin, op) for fin, op, _ in frames if op != Opcode.PING] == [
             (False, Opcode.TEXT), (True, Opcode.CONTINUATION)], mode
@@ -268,7 +274,7 @@ async def test_at_least_once_past_buffer_bytes_counts_the_messages_it_could_not_
     h, upstreams = delivery_session("at_least_once", buffer_bytes="100B", overflow="drop_oldest")
     send(h, b"x" * 60, b"y" * 60, b"z" * 10)
     h.session.upstream.transport_lost()
-    await settle(0.02)
+    await idle()
     assert texts(upstreams[0]) == [b"z" * 10]
     assert lost(h, "overflow") == 2
 
@@ -278,5 +284,5 @@ async def test_no_confirmation_ping_without_reconnection() -> None:
     h = open_session({"reconnect": {"enabled": False, "confirm_interval": "20ms"}})
     h.session.attach(h.client, h.client_flow, h.upstream, h.upstream_flow)  # type: ignore[arg-type]
     send(h, b"one")
-    await asyncio.sleep(0.06)
+    await advance(1.0)
     assert not pings(h.upstream)

@@ -1,4 +1,5 @@
-"""The package's shape: the pure core imports nothing above it, no import cycle, no module over 600 lines."""
+"""The package's shape: the pure core imports nothing above it, no import cycle, no module over 600 lines;
+and the core's tests mirror it."""
 
 from __future__ import annotations
 
@@ -107,3 +108,10 @@ def test_modules_stay_small() -> None:
     """No module of the package is over 600 lines (past that it is doing two jobs)."""
     sizes = {module_name(p): len(p.read_text(encoding="utf-8").splitlines()) for p in PACKAGE.rglob("*.py")}
     assert max(sizes.values()) <= MAX_LINES, {name: size for name, size in sizes.items() if size > MAX_LINES}
+
+
+def test_core_tests_mirror_the_core() -> None:
+    """Each tests/unit/core/test_<name>.py tests gateway/core/<name>.py (test_properties.py: scanner and handshake)."""
+    tests = Path(__file__).parent / "core"
+    names = {path.stem.removeprefix("test_") for path in tests.glob("test_*.py")} - {"properties"}
+    assert names <= {path.stem for path in (PACKAGE / "core").glob("*.py")}, names

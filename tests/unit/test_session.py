@@ -1,5 +1,6 @@
 """The session and its legs on fake transports: every row of the README's close table, RFC 6455 closing,
-keepalive, backpressure and outage entry, each in milliseconds and without a socket."""
+keepalive, backpressure and outage entry, each in milliseconds and without a socket. Timers run on virtual
+time (tests/virtual_time.py): a test that waits for one asserts the exact instant it fired."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from gateway.leg import Leg
 from gateway.reconnect import Recovery
 from gateway.session import Session, SessionState
 from gateway.upstream import UpstreamConnection, UpstreamProtocol
-from tests.fakes import FakeTransport, Harness, attach, open_session, settle
-from tests.support import async_wait_until, client_frame
+from tests.fakes import FakeFlow, FakeTransport, Harness, attach, open_session
+from tests.support import client_frame
+from tests.unit.test_keepalive import slot_end
+from tests.virtual_time import advance, idle, virtual_loop
 
 
 def close_frame(code: int, reason: str = "", *, masked: bool = True) -> bytes:
@@ -154,12 +157,13 @@ async def test_no_data_frame_after_the_gateways_close() -> None:
 
 
 async def test_close_timeout_aborts_a_peer_that_never_answers() -> None:
-    """A client that never answers the gateway's close is aborted after client.close_timeout."""
+    """A client that never answers the gateway's close is aborted exactly client.close_timeout (30 ms) later."""
     h = attach(open_session({"client": {"close_timeout": "30ms"}}))
+    start = virtual_loop().time()
     h.session.close_by_gateway(Event.SHUTDOWN)
     assert not h.client.aborted
-    await settle(0.1)
-    assert h.client.aborted
+    await advance(1.0)
+    assert h.client.aborted_at == start + h.config.client.close_timeout == 0.03
 
 
 async def test_a_half_received_frame_does_not_hold_back_the_close() -> None:
@@ -176,22 +180,29 @@ async def test_a_half_received_frame_does_not_hold_back_the_close() -> None:
 # --- keepalive -----------------------------------------------------------------------------------
 async def test_gateway_pings_and_answers_pings_on_both_legs() -> None:
     """Pings go out on both legs after the interval; a client's ping is answered at the gateway, not relayed."""
+    start = virtual_loop().time()
     h = attach(open_session({"client": {"ping_interval": "20ms", "ping_jitter": "0s"},
                              "upstream": {"ping_interval": "20ms", "ping_jitter": "0s"}}))
     h.from_client(client_frame(Opcode.PING, b"are you there"))
     assert (True, Opcode.PONG, b"are you there") in h.client.frames()
     assert not h.upstream.frames()
-    # Pings go out through the keepalive wheel: after the interval, up to one 50 ms slot later.
-    await async_wait_until(lambda: any(op == Opcode.PING for _, op, _ in h.client.frames())
-                           and any(op == Opcode.PING for _, op, _ in h.upstream.frames()), 2, "pings on both legs")
+    # Pings go out through the keepalive wheel: after the interval, at the end of its 50 ms slot.
+    await advance(0.06)
+    due = slot_end(start + 0.02)
+    assert [at for at, _ in h.client.timed_frames(Opcode.PING)] == [due]
+    assert [at for at, _ in h.upstream.timed_frames(Opcode.PING)] == [due]
     h.session.client.stop_keepalive()
     h.session.upstream.stop_keepalive()
 
 
 async def test_client_missing_pongs_is_closed_with_1011() -> None:
     """No pong within ping_timeout: client 1011 "keepalive ping timeout", app 1001; ping_timeouts counted."""
+    start = virtual_loop().time()
     h = attach(open_session({"client": {"ping_interval": "20ms", "ping_jitter": "0s", "ping_timeout": "20ms"}}))
-    await async_wait_until(lambda: bool(h.client.close_frames()), 2, "the client's close")
+    await advance(1.0)
+    [(ping_at, _)] = h.client.timed_frames(Opcode.PING)
+    [(close_at, _)] = h.client.timed_frames(Opcode.CLOSE)
+    assert ping_at == slot_end(start + 0.02) and close_at == ping_at + h.config.client.ping_timeout
     assert h.client.close_frames() == [(1011, "keepalive ping timeout")]
     assert h.upstream.close_frames() == [(1001, "client keepalive ping timeout")]
     assert h.registry.get_sample_value("ws_gateway_ping_timeouts_total", {"leg": "client"}) == 1
@@ -199,9 +210,14 @@ async def test_client_missing_pongs_is_closed_with_1011() -> None:
 
 async def test_app_missing_pongs_without_reconnection_is_1011_both_ways() -> None:
     """A frozen app with reconnection off: 1011 to the app and 1011 "upstream keepalive ping timeout" to the client."""
+    start = virtual_loop().time()
     h = attach(open_session({"upstream": {"ping_interval": "20ms", "ping_jitter": "0s", "ping_timeout": "20ms"}}))
-    await async_wait_until(lambda: bool(h.upstream.close_frames()) and bool(h.client.close_frames()), 2,
-                           "both closes")
+    await advance(1.0)
+    [(ping_at, _)] = h.upstream.timed_frames(Opcode.PING)
+    timeout_at = ping_at + h.config.upstream.ping_timeout
+    assert ping_at == slot_end(start + 0.02)
+    assert [at for at, _ in h.upstream.timed_frames(Opcode.CLOSE)] == [timeout_at]
+    assert [at for at, _ in h.client.timed_frames(Opcode.CLOSE)] == [timeout_at]
     assert h.upstream.close_frames() == [(1011, "keepalive ping timeout")]
     assert h.client.close_frames() == [(1011, "upstream keepalive ping timeout")]
 
@@ -216,19 +232,21 @@ async def test_full_client_buffer_pauses_the_app_and_drain_resumes_it() -> None:
     assert not h.upstream.reading
     h.client.buffered = 0
     h.client_flow.set_paused(False)
-    await settle(0.01)
-    assert h.upstream.reading
+    await idle()
+    assert h.upstream.reading, "resumed at once, no time passing"
 
 
 async def test_slow_consumer_gets_1008_even_with_the_app_paused_mid_frame() -> None:
-    """The app is paused inside a frame and the client stops reading: the client still gets 1008 at once."""
+    """The app is paused mid-frame and the client stops reading: 1008 exactly at slow_consumer_timeout (30 ms)."""
     h = attach(open_session({"client": {"slow_consumer_timeout": "30ms"}}))
     h.client.buffered = 10_000_000
     h.client_flow.set_paused(True)
+    start = virtual_loop().time()
     frame = h.app_frame(Opcode.BINARY, os.urandom(200_000))
     h.from_upstream(frame[:50_000])
     assert not h.upstream.reading
-    await settle(0.1)
+    await advance(1.0)
+    assert [at for at, _ in h.client.timed_frames(Opcode.CLOSE)] == [start + h.config.client.slow_consumer_timeout]
     assert h.client.close_frames() == [(1008, "slow consumer: client is not reading")]
     assert h.upstream.close_frames() == [(1001, "slow consumer: client is not reading")]
     assert h.upstream.reading, "the app is read again so its close reply is seen"
@@ -272,15 +290,15 @@ async def test_upstream_loss_holds_the_client_and_replays_in_order() -> None:
     h.from_client(one + two)
     assert h.session.replay_state() == (2, len(one + two), True)
     proceed.set()
-    await settle(0.02)
-    assert h.session.state is SessionState.OPEN
+    await idle()
+    assert h.session.state is SessionState.OPEN, "back as soon as the new upstream is (first delay 0)"
     assert bytes(new.written) == one + two
     h.from_client(client_frame(Opcode.TEXT, b"three"))
     assert [p for _, _, p in new.frames()] == [b"one", b"two", b"three"]
 
 
 async def test_outage_that_never_ends_gives_the_client_1013() -> None:
-    """No upstream within give_up_after: the client gets 1013 "upstream unavailable for ...s"."""
+    """No upstream within give_up_after (50 ms): the client gets 1013 "upstream unavailable for ...s", then."""
     h = open_session({"reconnect": {"enabled": True, "give_up_after": "50ms"}})
 
     async def reopen(attempt: int) -> UpstreamConnection:
@@ -288,8 +306,10 @@ async def test_outage_that_never_ends_gives_the_client_1013() -> None:
         raise AssertionError("unreachable")
 
     with_recovery(h, reopen)
+    lost_at = virtual_loop().time()
     h.session.upstream.transport_lost()
-    await settle(0.15)
+    await advance(1.0)
+    assert [at for at, _ in h.client.timed_frames(Opcode.CLOSE)] == [lost_at + h.config.reconnect.give_up_after]
     [(code, reason)] = h.client.close_frames()
     assert code == 1013 and reason.startswith("upstream unavailable for")
     h.session.client.transport_lost()
@@ -361,7 +381,7 @@ async def test_breaker_trips_when_the_upstream_is_lost_too_often() -> None:
     h = open_session({"reconnect": {"enabled": True, "max_reconnects": 1}})
     with_recovery(h, instant_reopen())
     h.session.upstream.transport_lost()
-    await settle(0.02)
+    await idle()
     assert h.session.state is SessionState.OPEN, "the first loss was survived"
     h.session.upstream.transport_lost()
     [(code, reason)] = h.client.close_frames()
@@ -381,7 +401,7 @@ async def test_retention_resumes_after_a_message_too_large_to_keep() -> None:
     h.session.upstream.transport_lost()
     rest = client_frame(Opcode.CONTINUATION, b"after")
     h.from_client(rest)
-    await settle(0.02)
+    await idle()
     assert h.session.state is SessionState.OPEN
     new = h.session.upstream.transport
     assert bytes(new.written) == first + rest  # type: ignore[attr-defined]
@@ -413,7 +433,7 @@ async def relay_lose_resume_and_close(kinds: tuple[type, ...], before: list[int]
     with_recovery(h, reopen)
     h.from_client(client_frame(Opcode.TEXT, b"one"))
     h.session.upstream.transport_lost()
-    await settle(0.02)
+    await idle()
     assert h.session.state is SessionState.OPEN and h.session.recovery is not None
     assert h.session.recovery.reconnects == 1
     expected = [b + n for b, n in zip(before, (1, 2, 2, 1), strict=True)]
@@ -442,9 +462,8 @@ async def test_a_finished_session_is_freed_by_reference_counting_alone() -> None
 async def compressed_resumable_session_life(registry: dict[bytes, object]) -> None:
     """A compressed, resumable session relays both ways, its client drops and comes back, then it closes."""
     from gateway.core.compression import negotiate
-    from gateway.flow import WriteFlow
     from gateway.resume import ResumeState
-    from tests.unit.core.test_deflate import _client_compressed
+    from tests.unit.core.test_inflate import client_compressed
 
     h = open_session()
     agreement = negotiate("permessage-deflate", h.config.client.compression)
@@ -454,13 +473,12 @@ async def compressed_resumable_session_life(registry: dict[bytes, object]) -> No
     h.session.resume.issue_token()
     h.session.attach(h.client, h.client_flow, h.upstream, h.upstream_flow,  # type: ignore[arg-type]
                      compression=agreement)
-    h.from_client(_client_compressed([b"hello " * 20]))
+    h.from_client(client_compressed([b"hello " * 20]))
     h.from_upstream(h.app_frame(Opcode.TEXT, b"from the app " * 20))
     h.session.client.transport_lost()  # a drop with no close frame: the session waits
     assert h.session.resume is not None and h.session.resume.away
     back = FakeTransport("client again")
-    assert h.session.splice_client(back, WriteFlow(lambda: False, settle), agreement,  # type: ignore[arg-type]
-                                   0)
+    assert h.session.splice_client(back, FakeFlow(), agreement, 0)  # type: ignore[arg-type]
     h.session.client.scanner.feed(close_frame(1000))
     h.session.client.transport_lost()
     h.session.upstream.scanner.feed(h.app_frame(Opcode.CLOSE, build_close_payload(1000, "")))

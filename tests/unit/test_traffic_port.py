@@ -1,4 +1,7 @@
-"""The traffic port's connection protocol on a real loopback socket: head, refusals, handing over to a session."""
+"""The traffic port's connection protocol on a real loopback socket: head, refusals, handing over to a session.
+
+Real sockets, so these tests run on a real event loop (``real_loop``), not on virtual time; they wait on
+conditions, each wait bounded by a scaled timeout (WS_GATEWAY_TEST_SCALE), and never sleep a fixed time."""
 
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ import pytest
 
 from gateway.http import MAX_HEADERS, MAX_LINGERING, BadRequestLog, ClientConnection, RequestHead, TrafficPort
 from tests.support import scaled
+
+pytestmark = pytest.mark.real_loop  # real loopback sockets: asyncio's own loop, waits bounded by scaled()
 
 UPGRADE_HEAD = (
     b"GET /ws/echo?x=1 HTTP/1.1\r\nHost: example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -76,6 +81,7 @@ async def exchange(port_number: int, *writes: bytes) -> bytes:
 
 
 async def test_a_head_dribbled_byte_by_byte_is_read_whole_in_order() -> None:
+    """A head sent one byte per write is parsed whole (repeated headers in order), answered 101 and handed over."""
     async with traffic_port() as (port, seen, number):
         reader, writer = await asyncio.open_connection("127.0.0.1", number)
         for byte in UPGRADE_HEAD:
@@ -93,6 +99,7 @@ async def test_a_head_dribbled_byte_by_byte_is_read_whole_in_order() -> None:
 
 
 async def test_bytes_sent_with_the_head_reach_the_session_before_later_ones() -> None:
+    """Frames that arrive in the same read as the head reach the session first, then later bytes."""
     async with traffic_port() as (_, seen, number):
         _reader, writer = await asyncio.open_connection("127.0.0.1", number)
         writer.write(UPGRADE_HEAD + b"first frame")
@@ -104,6 +111,7 @@ async def test_bytes_sent_with_the_head_reach_the_session_before_later_ones() ->
 
 
 async def test_a_head_that_never_ends_is_cut_at_the_bound_with_431() -> None:
+    """A head growing past max_head without ending is answered 431 and closed; the handler never runs."""
     async with traffic_port(max_head=1024) as (port, seen, number):
         answer = await exchange(number, b"GET / HTTP/1.1\r\nX-Long: " + b"a" * 2048)
         assert answer.startswith(b"HTTP/1.1 431 ") and b"Connection: close\r\n" in answer
@@ -111,6 +119,7 @@ async def test_a_head_that_never_ends_is_cut_at_the_bound_with_431() -> None:
 
 
 async def test_a_complete_head_one_byte_over_the_bound_is_431_and_never_reaches_the_handler() -> None:
+    """A whole head one byte longer than max_head is refused with 431 and not handed over."""
     async with traffic_port(max_head=len(UPGRADE_HEAD) - 1) as (_, seen, number):
         answer = await exchange(number, UPGRADE_HEAD)
         assert answer.startswith(b"HTTP/1.1 431 ")
@@ -118,6 +127,7 @@ async def test_a_complete_head_one_byte_over_the_bound_is_431_and_never_reaches_
 
 
 async def test_a_head_of_exactly_the_bound_is_handed_over() -> None:
+    """A head exactly max_head bytes long is accepted: the bound is inclusive."""
     async with traffic_port(max_head=len(UPGRADE_HEAD)) as (_, seen, number):
         _, writer = await asyncio.open_connection("127.0.0.1", number)
         writer.write(UPGRADE_HEAD)
@@ -129,6 +139,7 @@ async def test_a_head_of_exactly_the_bound_is_handed_over() -> None:
 async def test_a_malformed_head_is_400_in_one_line_and_later_input_is_dropped(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """Unparsable input: 400 with a short body, one warning line without a traceback, the rest ignored."""
     async with traffic_port() as (_, seen, number):
         with caplog.at_level(logging.WARNING, logger="gateway.http"):
             answer = await exchange(number, b"NOT HTTP AT ALL\r\n\r\n", b"more input " * 100)
@@ -152,6 +163,7 @@ async def test_an_upgrade_over_another_http_version_is_505_in_one_line(caplog: p
 
 
 async def test_a_slow_head_gets_408_at_the_deadline() -> None:
+    """A head still incomplete at head_timeout is answered 408 and the connection is no longer waiting."""
     async with traffic_port(head_timeout=scaled(0.3)) as (port, seen, number):
         answer = await exchange(number, b"GET / HTTP/1.1\r\nHost: exa")
         assert answer.startswith(b"HTTP/1.1 408 ")
@@ -159,6 +171,7 @@ async def test_a_slow_head_gets_408_at_the_deadline() -> None:
 
 
 async def test_no_room_is_503_before_a_byte_is_read() -> None:
+    """With no room for another connection the client gets 503 without sending anything."""
     async with traffic_port(room=False) as (port, seen, number):
         answer = await exchange(number)
         assert answer.startswith(b"HTTP/1.1 503 ")
@@ -166,6 +179,7 @@ async def test_no_room_is_503_before_a_byte_is_read() -> None:
 
 
 async def test_a_refusal_keeps_the_handlers_headers_and_closes() -> None:
+    """A handler's refusal keeps its own headers, adds close to Connection, and sends its reason as body."""
     async def refuse(connection: ClientConnection, head: RequestHead, seen: Recorder) -> None:
         connection.refuse(426, "upgrade required", {"Upgrade": "websocket", "Connection": "Upgrade"})
 
@@ -178,6 +192,7 @@ async def test_a_refusal_keeps_the_handlers_headers_and_closes() -> None:
 
 
 async def test_a_failing_handler_is_500_with_its_traceback_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    """A handler that raises before answering: 500 to the client and one error line with the traceback."""
     async def fail(connection: ClientConnection, head: RequestHead, seen: Recorder) -> None:
         raise RuntimeError("a bug of ours")
 
@@ -190,6 +205,7 @@ async def test_a_failing_handler_is_500_with_its_traceback_logged_once(caplog: p
 
 
 async def test_a_handler_failing_after_its_101_drops_the_connection_without_an_http_answer() -> None:
+    """A handler that raises after its 101 gets the connection dropped: no HTTP 500 after a 101."""
     async def fail_late(connection: ClientConnection, head: RequestHead, seen: Recorder) -> None:
         connection.switch_protocols("accept-value", None)
         raise RuntimeError("a bug of ours, after the 101")
@@ -203,6 +219,7 @@ async def test_a_handler_failing_after_its_101_drops_the_connection_without_an_h
 
 
 async def test_closing_the_port_drops_connections_still_sending_their_head() -> None:
+    """Closing the port ends connections still sending their head, and forgets them."""
     async with traffic_port() as (port, _seen, number):
         reader, writer = await asyncio.open_connection("127.0.0.1", number)
         writer.write(b"GET / HTTP/1.1\r\n")
@@ -249,6 +266,7 @@ async def test_a_pause_made_while_feeding_the_bytes_sent_with_the_head_holds() -
 
 
 async def test_header_values_lose_the_whitespace_after_them() -> None:
+    """Spaces and tabs around a header value are not part of it."""
     async with traffic_port() as (_, seen, number):
         _, writer = await asyncio.open_connection("127.0.0.1", number)
         writer.write(UPGRADE_HEAD.replace(b"X-Twice: one\r\n", b"X-Twice:  one \t\r\n"))
@@ -259,6 +277,7 @@ async def test_header_values_lose_the_whitespace_after_them() -> None:
 
 @pytest.mark.parametrize(("fields", "refused"), [(MAX_HEADERS, False), (MAX_HEADERS + 1, True)])
 async def test_more_header_fields_than_the_limit_are_431(fields: int, refused: bool) -> None:
+    """MAX_HEADERS fields are accepted; one more is answered 431."""
     head = b"GET /ws HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % n for n in range(fields)) + b"\r\n"
     async with traffic_port(max_head=65536) as (_, seen, number):
         if refused:
@@ -274,6 +293,7 @@ async def test_more_header_fields_than_the_limit_are_431(fields: int, refused: b
 
 @pytest.mark.parametrize("split", [None, 40, len(UPGRADE_HEAD) - 3])
 async def test_the_431_bound_does_not_depend_on_how_the_head_is_split(split: int | None) -> None:
+    """The head limit counts bytes on the wire (spaces the parser drops included), however the head is split."""
     padded = UPGRADE_HEAD.replace(b"X-Twice: one", b"X-Twice:      one")  # spaces the parser drops
     writes = [padded] if split is None else [padded[:split], padded[split:]]
     async with traffic_port(max_head=len(padded) - 1) as (_, seen, number):
@@ -290,6 +310,7 @@ async def test_the_431_bound_does_not_depend_on_how_the_head_is_split(split: int
 
 
 async def test_a_handler_failing_while_it_hands_over_drops_the_connection_without_an_http_answer() -> None:
+    """A session whose first feed raises: the connection is dropped, with no HTTP 500 after the 101."""
     async def fail_in_relay(connection: ClientConnection, head: RequestHead, seen: Recorder) -> None:
         def feed(data: bytes) -> None:
             raise RuntimeError("a bug of ours, in the session's first feed")

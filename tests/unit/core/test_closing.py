@@ -1,9 +1,7 @@
-"""One leg's closing handshake and the close table, as pure data: who closes TCP when, what goes on the wire."""
+"""One leg's closing handshake (gateway/core/closing.py), as pure data: who closes TCP when, what goes on the wire."""
 
 from __future__ import annotations
 
-from gateway.core.closecodes import NOT_ON_WIRE
-from gateway.core.closerules import CLOSE_RULES, Event, From, LegName, rule_for
 from gateway.core.closing import Close, ClosingHandshake, LegState, Role
 
 
@@ -66,16 +64,3 @@ def test_code_and_sentence_for_logs() -> None:
     vanished.transport_lost()
     assert vanished.code == 1006
     assert Close(1005).payload() == b"" and str(Close(1005)) == "a close frame with no code"
-
-
-def test_the_table_never_puts_a_reserved_code_on_the_wire() -> None:
-    """No rule sends 1005, 1006 or 1015 as a fixed code; every event has a rule where the session raises it."""
-    for rule in CLOSE_RULES:
-        for leg in LegName:
-            code = rule.send_on(leg).code
-            assert not isinstance(code, int) or code not in NOT_ON_WIRE, rule
-    for event in Event:
-        legs = [rule.leg for rule in CLOSE_RULES if rule.event is event]
-        assert legs, event
-    assert rule_for(Event.PEER_LOST, LegName.CLIENT).send_on(LegName.CLIENT).code is From.NOTHING
-    assert rule_for(Event.PEER_CLOSED, LegName.UPSTREAM).send_on(LegName.CLIENT).code is From.PEER

@@ -57,6 +57,7 @@ def test_at_least_once_keeps_the_unconfirmed_bytes_from_the_confirmed_boundary()
 
 
 def test_the_start_of_a_message_in_progress_is_kept_with_the_whole_ones() -> None:
+    """A message the client was in the middle of at the loss is re-sent from its start, after the whole ones."""
     ledger = Ledger(keep_bytes=True, limit=1000)
     whole = write_messages(ledger, 0, 1)
     ledger.wrote(b"partial", b"", 1, False)
@@ -105,6 +106,7 @@ def test_after_a_replay_its_messages_are_the_unconfirmed_ones() -> None:
 
 
 def test_header_and_payload_of_a_reheaded_frame_are_kept_in_order() -> None:
+    """A frame written as header and payload (re-headed by the scanner) is kept as one frame, in order."""
     ledger = Ledger(keep_bytes=True, limit=1000)
     ledger.wrote(b"H", b"payload", 1, True)
     assert ledger.lost(1, False).resend == b"Hpayload"
@@ -201,6 +203,7 @@ def test_invalid_text_after_skipped_messages_is_found() -> None:
 
 
 def test_a_reset_while_sending_a_message_too_large_to_keep_is_a_refusal() -> None:
+    """A TCP reset while the upstream read a message too large to re-send: 1009 naming the message and its size."""
     loss = Loss(first_unconfirmed=3, reset=True, last_message=3, last_size=5 << 20)
     verdict = judge_loss(loss, None, 1 << 20, False)
     assert verdict.code == 1009 and verdict.message == 3
@@ -208,6 +211,7 @@ def test_a_reset_while_sending_a_message_too_large_to_keep_is_a_refusal() -> Non
 
 
 def test_no_refusal_without_a_reset_or_when_the_message_fits_or_was_confirmed() -> None:
+    """No reset, a message that fits, or nothing unconfirmed: an ordinary outage, the session reconnects."""
     base = {"first_unconfirmed": 3, "reset": True, "last_message": 3, "last_size": 5 << 20}
     assert judge_loss(Loss(**{**base, "reset": False}), None, 1 << 20, False) is RECONNECT
     assert judge_loss(Loss(**{**base, "last_size": 1000}), None, 1 << 20, False) is RECONNECT
@@ -228,6 +232,7 @@ def test_the_same_first_unconfirmed_message_at_two_losses_is_poison() -> None:
 
 
 def test_invalid_text_is_found_in_the_first_message_only() -> None:
+    """Only the first message's UTF-8 is judged, across fragments; a cut or later message does not count."""
     def masked(opcode: int, payload: bytes, fin: bool = True) -> bytes:
         return build_frame(opcode, payload, masked=True, fin=fin)
 

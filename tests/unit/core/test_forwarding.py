@@ -1,4 +1,4 @@
-"""Header rules and the upstream handshake codec, without sockets."""
+"""Header rules for the upstream request (gateway/core/forwarding.py), without sockets."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import ipaddress
 import pytest
 
 from gateway.core.forwarding import forward_headers, is_gateway_owned, offered_subprotocols
-from gateway.core.handshake import HandshakeError, UpgradeResponse, accept_key, check_accept, parse_upgrade_response
 
 TRUSTED = (ipaddress.ip_network("10.0.0.0/8"),)
 
@@ -50,26 +49,6 @@ def test_subprotocol_offer_kept_in_order() -> None:
     """Several Sec-WebSocket-Protocol headers and comma lists join in order."""
     assert offered_subprotocols([("Sec-WebSocket-Protocol", "a, b"), ("sec-websocket-protocol", "c")]) == \
         ["a", "b", "c"]
-
-
-def test_accept_key_rfc_example() -> None:
-    """The RFC 6455 section 1.3 example key gives the documented accept value."""
-    assert accept_key("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-
-
-def test_upgrade_response_checks() -> None:
-    """A 101 must carry the right accept value and may only pick an offered subprotocol."""
-    key = "dGhlIHNhbXBsZSBub25jZQ=="
-    head = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: b")
-    response = parse_upgrade_response(head)
-    assert check_accept(response, key, ["a", "b"]) == "b"
-    with pytest.raises(HandshakeError, match="did not offer"):
-        check_accept(response, key, ["a"])
-    with pytest.raises(HandshakeError, match="Accept"):
-        check_accept(UpgradeResponse(101, "", [("Upgrade", "websocket"), ("Connection", "upgrade")]), key, [])
-    with pytest.raises(HandshakeError):
-        parse_upgrade_response(b"garbage")
 
 
 @pytest.mark.parametrize("peer", ["192.0.2.1", "10.0.0.1"])

@@ -28,6 +28,7 @@ def messages_in(data: bytes) -> list[bytes]:
 
 
 def test_offer_splits_the_gateways_entries_from_the_apps() -> None:
+    """The gateway's resume entries are taken out of the subprotocol offer; the app's pass on in order."""
     token = new_token()
     offer = parse_offer(["chat.v1", MARKER, f"ws-gateway.resume.{token}.17"])
     assert offer.resumable and offer.token == token and offer.received == 17 and not offer.malformed
@@ -46,17 +47,20 @@ def test_offer_splits_the_gateways_entries_from_the_apps() -> None:
     "ws-gateway.resume." + "A" * 32,
 ])
 def test_malformed_resume_entries_are_refused_like_unknown_tokens(entry: str) -> None:
+    """A resume entry with a bad token or position is malformed, and its token is not used."""
     offer = parse_offer([MARKER, entry])
     assert offer.malformed and offer.token is None
 
 
 def test_a_resume_without_the_marker_or_with_two_tokens_is_malformed() -> None:
+    """A resume entry without the resumable marker, or two resume entries, make the offer malformed."""
     token = new_token()
     assert parse_offer([f"ws-gateway.resume.{token}.1"]).malformed
     assert parse_offer([MARKER, f"ws-gateway.resume.{token}.1", f"ws-gateway.resume.{token}.2"]).malformed
 
 
 def test_tokens_are_192_bits_url_safe_and_kept_only_as_a_hash() -> None:
+    """Tokens are 32 URL-safe characters, all distinct; the registry key is a hash not containing the token."""
     tokens = {new_token() for _ in range(1000)}
     assert len(tokens) == 1000 and all(len(t) == 32 for t in tokens)
     token = next(iter(tokens))
@@ -66,11 +70,13 @@ def test_tokens_are_192_bits_url_safe_and_kept_only_as_a_hash() -> None:
 
 
 def test_hello_and_resumed_are_json_the_helper_reads() -> None:
+    """The hello and resumed notices are the JSON objects the client helper parses."""
     assert orjson.loads(hello("t" * 32, 30)) == {"ws-gateway": "resumable", "token": "t" * 32, "grace_ms": 30000}
     assert orjson.loads(resumed("u" * 32, 5)) == {"ws-gateway": "resumed", "token": "u" * 32, "received": 5}
 
 
 def test_replay_log_gives_what_the_client_lacks_and_forgets_what_it_confirmed() -> None:
+    """The replay log returns the frames after a position, and drops what the client confirmed."""
     log = ReplayLog(limit=1 << 20)
     log.append(frame(b"one") + frame(b"two"))
     log.append(frame(b"thr", fin=False))
@@ -92,6 +98,7 @@ def test_replay_log_gives_what_the_client_lacks_and_forgets_what_it_confirmed() 
 
 
 def test_an_overflow_stops_resumes_until_the_client_confirms_past_it() -> None:
+    """Past its limit the log empties and refuses resumes, until the client confirms past what was dropped."""
     log = ReplayLog(limit=100)
     log.append(frame(b"a" * 40) + frame(b"b" * 40))
     assert log.resumable and log.size == 84
