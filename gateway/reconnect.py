@@ -208,9 +208,11 @@ def outage_buffer(
     return buffer, lost, ""
 
 
-def judge_outage(recovery: Recovery, unconfirmed: Unconfirmed, positions: MessagePositions, reset: bool) -> Verdict:
+def judge_outage(recovery: Recovery, unconfirmed: Unconfirmed, positions: MessagePositions, reset: bool,
+                 timed_out: bool) -> Verdict:
     """Is this upstream loss a refusal or a poison message rather than an outage?
-    (:func:`gateway.core.delivery.judge_loss`; ``positions`` are the client leg's.)"""
+    (:func:`gateway.core.delivery.judge_loss`; ``positions`` are the client leg's; ``reset``: the
+    connection ended with a TCP reset; ``timed_out``: a keepalive ping went unanswered.)"""
     assert recovery.confirmations is not None
     # A window message re-sent to a new upstream was read by an earlier one: the rules name the
     # first message no upstream of the session has confirmed.
@@ -222,6 +224,7 @@ def judge_outage(recovery: Recovery, unconfirmed: Unconfirmed, positions: Messag
         reset=reset,
         last_message=positions.complete_messages + (0 if positions.at_boundary else 1),
         last_size=positions.last_message_size,
+        timed_out=timed_out,
     )
     skip = read - unconfirmed.resend_from
     invalid_text = (unconfirmed.lost_overflow == 0 and skip >= 0 and bool(unconfirmed.resend)

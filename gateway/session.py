@@ -276,7 +276,7 @@ class Session(ClientResume):
         if leg is self.upstream and self.state is SessionState.OPEN and self._may_reconnect(None):
             leg.send_close(Close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout"))
             leg.abort()  # a frozen or vanished upstream will not answer the close either
-            self._upstream_lost(None)
+            self._upstream_lost(None, timed_out=True)
             return
         self._close(rule_for(Event.PING_TIMEOUT, leg.name))
 
@@ -361,13 +361,14 @@ class Session(ClientResume):
             return False  # no upstream replacement while the client is away: the session ends
         return recovery is not None and recovery.allowed and worth_retrying(code, recovery.config.codes)
 
-    def _upstream_lost(self, code: int | None) -> None:
-        """The upstream is gone with a retryable code: hold the client and start reconnecting."""
+    def _upstream_lost(self, code: int | None, timed_out: bool = False) -> None:
+        """The upstream is gone with a retryable code (or ``timed_out``: its ping went unanswered):
+        hold the client and start reconnecting."""
         recovery = self.recovery
         assert recovery is not None
         now = time.monotonic()
         unconfirmed = self._unconfirmed(recovery)
-        verdict = judge_outage(recovery, unconfirmed, self.client.positions, self.upstream.lost_by_reset)
+        verdict = judge_outage(recovery, unconfirmed, self.client.positions, self.upstream.lost_by_reset, timed_out)
         # Closing instead of reconnecting: the window's and the unconfirmed messages are all lost.
         closing_loss = {"unhandled": unconfirmed.window, "unconfirmed": unconfirmed.messages}
         if verdict.code:

@@ -275,6 +275,9 @@ class Loss:
     """Number of the last client message written upstream (in progress or complete)."""
     last_size: int
     """Its payload size as its frame headers declare it (so far, if in progress)."""
+    timed_out: bool = False
+    """The gateway gave up on the upstream itself: a keepalive ping went unanswered. An app too busy
+    to read (uvicorn stops reading while its handler is behind) looks the same as a frozen one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,14 +309,17 @@ def judge_loss(loss: Loss, previous: Loss | None, keep_limit: int, invalid_text:
     2. The first unconfirmed message is the same as at the previous loss: it was re-sent and
        killed the new upstream too (a poison message): 1007 if it is invalid UTF-8, 1009 if both
        losses were resets (the app stopped reading in the middle of it: a size limit), else 1011
-       (the app read it and failed: a crashing handler).
+       (the app read it and failed: a crashing handler). Not when either loss was a ping timeout:
+       a busy app that fell behind stops reading and answering pings with the same message first
+       in line each time, and that message made nothing fail.
     3. Anything else is an outage: reconnect.
     """
     last_unconfirmed = loss.first_unconfirmed and loss.last_message >= loss.first_unconfirmed
     if loss.reset and last_unconfirmed and loss.last_size > keep_limit:
         return Verdict(1009, f"message #{loss.last_message} ({loss.last_size} bytes) refused by the upstream "
                              f"(reset while sending; too large to re-send)", loss.last_message)
-    if loss.first_unconfirmed and previous is not None and previous.first_unconfirmed == loss.first_unconfirmed:
+    if (loss.first_unconfirmed and previous is not None and previous.first_unconfirmed == loss.first_unconfirmed
+            and not (loss.timed_out or previous.timed_out)):
         number = loss.first_unconfirmed
         if invalid_text:
             return Verdict(1007, f"message #{number} is not valid UTF-8: the upstream dropped it twice", number)

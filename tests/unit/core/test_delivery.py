@@ -231,6 +231,17 @@ def test_the_same_first_unconfirmed_message_at_two_losses_is_poison() -> None:
     assert judge_loss(later, first, 1000, False) is RECONNECT
 
 
+def test_a_ping_timeout_at_either_loss_is_never_poison() -> None:
+    """A busy app that stops reading times out with the same message first in line each time: the
+    session reconnects instead of blaming the message (even invalid UTF-8 is not judged on that)."""
+    crash = Loss(first_unconfirmed=4, reset=False, last_message=5, last_size=10)
+    timeout = Loss(first_unconfirmed=4, reset=False, last_message=5, last_size=10, timed_out=True)
+    assert judge_loss(timeout, crash, 1000, False) is RECONNECT
+    assert judge_loss(crash, timeout, 1000, True) is RECONNECT
+    assert judge_loss(timeout, timeout, 1000, False) is RECONNECT
+    assert judge_loss(crash, crash, 1000, False).code == 1011, "without a timeout the rule still holds"
+
+
 def test_invalid_text_is_found_in_the_first_message_only() -> None:
     """Only the first message's UTF-8 is judged, across fragments; a cut or later message does not count."""
     def masked(opcode: int, payload: bytes, fin: bool = True) -> bytes:
