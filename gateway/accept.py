@@ -10,7 +10,7 @@ and hands both connections to a new session.
    error, the app's own 4xx/5xx passed through (or, with ``client.refusal: close``, a 101 and then
    close 4000 + status, so browsers can see why);
 2. **opens**: answers 101, builds the :class:`~gateway.session.Session` with its
-   :class:`~gateway.reconnect.Recovery` (reconnection) and :class:`~gateway.resume.ResumeState`
+   :class:`~gateway.outage.RecoveryPlan` (reconnection) and :class:`~gateway.resume.ResumeState`
    (client resume), attaches both transports and hands both connections' reads to the session's
    legs.
 
@@ -39,7 +39,8 @@ from gateway.core.resume import MARKER, ResumeOffer, hello
 from gateway.core.targets import Target, TargetPool
 from gateway.http import ClientConnection, RequestHead, sanitise
 from gateway.metrics import GatewayMetrics
-from gateway.reconnect import Recovery, Reopen
+from gateway.outage import RecoveryPlan
+from gateway.reconnect import Reopen
 from gateway.resume import ResumeState
 from gateway.session import Session
 from gateway.upstream import UpstreamConnection, UpstreamRefused, UpstreamUnavailable, connect_any
@@ -166,24 +167,24 @@ class Acceptor:
         session = Session(session_id, client_ip, target_path.partition("?")[0], self.metrics, config.client,
                           config.upstream)
         reconnect = config.reconnect
-        if reconnect.enabled:
-            session.recovery = Recovery(
-                config=reconnect,
-                reopen=self.reopener(session, target_path, upstream_headers, offered),
-                subprotocol=upstream.subprotocol,
-                delays=self.delays,
-                breaker=Breaker(reconnect.max_reconnects, reconnect.breaker_window),
-                allowed=not self.draining(),
-            )
+        recovery = RecoveryPlan(
+            config=reconnect,
+            reopen=self.reopener(session, target_path, upstream_headers, offered),
+            subprotocol=upstream.subprotocol,
+            delays=self.delays,
+            breaker=Breaker(reconnect.max_reconnects, reconnect.breaker_window),
+        ) if reconnect.enabled else None
         session.target = target
         self.pool.opened(target)
         if resumable:
             assert subprotocol is not None
-            session.resume = ResumeState(config.resume, self.resumable, session, subprotocol, session.client_gone)
+            session.resume = ResumeState(config.resume, self.resumable, session, subprotocol)
             hello_text = hello(session.resume.issue_token(), config.resume.grace)
             client_transport.write(build_frame(Opcode.TEXT, hello_text, masked=False))  # before any app message
         session.attach(client_transport, connection.write_flow(), upstream.transport, upstream.protocol.write_flow(),
-                       compression=agreement)
+                       compression=agreement, recovery=recovery)
+        if self.draining():
+            session.stop_recovering()
         upstream.protocol.attach(session.upstream.scanner.feed, session.upstream.transport_lost, upstream.first_bytes)
         connection.relay(session.client.scanner.feed, session.client.transport_lost)
         return session
@@ -197,8 +198,8 @@ class Acceptor:
 
         async def reopen(attempt: int) -> UpstreamConnection:
             headers = [*frozen, (RECONNECT_HEADER, str(attempt))]
-            if session.recovery is not None and session.recovery.possible_duplicates:
-                headers.append((DUPLICATES_HEADER, str(session.recovery.possible_duplicates)))
+            if session.outage is not None and session.outage.announced:
+                headers.append((DUPLICATES_HEADER, str(session.outage.announced)))
             connection, target = await connect_any(self.pool, self.config.upstream.connect_timeout, path, headers,
                                                    offered, self.metrics.upstream_connect, wait=False)
             if session.target is not None:

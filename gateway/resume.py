@@ -4,11 +4,13 @@ A session whose client asked to be resumable gets a :class:`ResumeState`. While 
 connected, what the app sends it goes through a :class:`ReplayTap` into the session's
 :class:`~gateway.core.resume.ReplayLog` as well as to the client, and confirmation pings (a ping
 after the app's latest message, its pong confirming everything before it) let the log forget what
-the client has. When the client drops without a close frame, the session waits
-(:meth:`ResumeState.wait`): the app's leg stays open, its messages go to the log only, and after
-``resume.grace`` (or when the log overflows) the session ends as a client loss. A resume with the
-session's token splices a new client connection in (``Session.splice_client``), and
-:meth:`ResumeState.back` points the tap at it.
+the client has. When the client drops without a close frame and could resume now
+(:meth:`ResumeState.wait_for_client`), the session waits in its ``CLIENT_AWAY`` state: the app's
+leg stays open, its messages go to the log only, and after ``resume.grace`` (or when the log
+overflows) the session ends as a client loss (:meth:`ResumeHost.client_gone`). A resume with the
+session's token splices a new client connection in: the session builds the new leg
+(``Session.splice_client``), :meth:`ResumeState.took_over` sends it what it lacks and points the
+tap at it. The session is reached only through the small :class:`ResumeHost` protocol.
 
 The registry maps each session's current token, by its SHA-256 (:func:`~gateway.core.resume.token_key`),
 to the session: a token is valid from the message that carried it until the next resume replaces
@@ -18,15 +20,18 @@ it or the session ends.
 from __future__ import annotations
 
 import asyncio
-import time
+import logging
 from collections.abc import Callable, Iterable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
+from gateway.core.codec import Opcode, build_frame
 from gateway.core.config import ResumeConfig
-from gateway.core.resume import ReplayLog, new_token, token_key
+from gateway.core.resume import ReplayLog, new_token, resumed, token_key
 from gateway.leg import DROP, DataOut, Leg
 
-__all__ = ["ReplayTap", "ResumeState"]
+__all__ = ["ReplayTap", "ResumeHost", "ResumeState"]
+
+logger = logging.getLogger("gateway.session")
 
 _CONFIRM_TAG: Final = b"resume:"
 
@@ -56,6 +61,24 @@ class ReplayTap:
         return self.target.get_write_buffer_size()
 
 
+class ResumeHost(Protocol):
+    """What client resume asks of its session."""
+
+    @property
+    def session_id(self) -> str:
+        """For log lines."""
+
+    @property
+    def client(self) -> Leg:
+        """The current client leg."""
+
+    def takes_client(self) -> bool:
+        """The session relays or waits for its client: not closing, no upstream outage."""
+
+    def client_gone(self, result: str) -> None:
+        """The client will not be back (``expired``, ``overflow``): end the session as a client loss."""
+
+
 class ResumeState:
     """The resume side of one resumable session.
 
@@ -64,20 +87,18 @@ class ResumeState:
         registry: the gateway's map from token key to session (shared by all sessions).
         owner: the session (what the registry maps to).
         subprotocol: what the first 101 named (the app's choice, or the resumable marker).
-        on_lost: called with ``expired`` or ``overflow`` when the session must end as a client loss.
     """
 
     __slots__ = ("_confirm_handle", "_counter", "_grace_handle", "_outstanding", "_previous_key", "_token_ping",
                  "allowed", "away_since", "config", "key", "log", "on_lost", "owner", "registry", "resumes",
                  "send_ping", "subprotocol", "tap")
 
-    def __init__(self, config: ResumeConfig, registry: dict[bytes, Any], owner: object, subprotocol: str,
-                 on_lost: Callable[[str], None]) -> None:
+    def __init__(self, config: ResumeConfig, registry: dict[bytes, Any], owner: ResumeHost, subprotocol: str) -> None:
         self.config = config
         self.registry = registry
-        self.owner = owner
+        self.owner: ResumeHost | None = owner
         self.subprotocol = subprotocol
-        self.on_lost = on_lost
+        self.on_lost: Callable[[str], None] = owner.client_gone
         self.log = ReplayLog(config.buffer_bytes)
         self.tap = ReplayTap(self.log, DROP, self.wrote)
         self.key: bytes | None = None
@@ -97,9 +118,35 @@ class ResumeState:
         self.resumes = 0
         """Times a new client connection took over (the session log's ``client_resumes``)."""
 
-    @property
-    def away(self) -> bool:
-        return self.away_since is not None
+    # --- can the client resume? ------------------------------------------------------------
+    def resumable_now(self) -> bool:
+        """The session takes its client, the replay log is whole, and what the client sent stopped at
+        a message boundary with nothing of it waiting in the inflater (half of a message at the app,
+        or complete ones not yet handed on, cannot be told apart from what the client will re-send:
+        docs/resume.md, "Limits")."""
+        host = self.owner
+        if host is None or not host.takes_client() or not self.log.resumable:
+            return False
+        client = host.client
+        return client.positions.at_boundary and (client.inflater is None or not client.inflater.waiting)
+
+    def can_resume(self, received: int) -> bool:
+        """Whether a resume from a client that has ``received`` of the app's messages can take over now."""
+        return self.frames_for(received) is not None
+
+    def frames_for(self, received: int) -> bytes | None:
+        """What a resuming client that has ``received`` messages lacks; None if it cannot resume now."""
+        return self.log.frames_after(received) if self.resumable_now() else None
+
+    def wait_for_client(self) -> bool:
+        """The client's connection dropped: wait for it (True) if it could resume now."""
+        if not self.allowed or not self.resumable_now():
+            return False
+        self.wait()
+        if self.owner is not None:
+            logger.info("session %s: resumable client dropped; waiting %gs for it", self.owner.session_id,
+                        self.config.grace)
+        return True
 
     def issue_token(self) -> str:
         """A new token for the session. The one before it stays valid until the client answers the
@@ -159,7 +206,7 @@ class ResumeState:
     # --- away and back ----------------------------------------------------------------------
     def wait(self) -> None:
         """The client dropped: keep the app's messages in the log only, for ``resume.grace``."""
-        self.away_since = time.monotonic()
+        self.away_since = asyncio.get_running_loop().time()
         self.tap.target = DROP
         self.send_ping = _no_ping
         self._outstanding = None
@@ -176,9 +223,19 @@ class ResumeState:
         leg.pong_listener = self
         leg.text_log = self.log
 
-    def back(self, leg: Leg) -> float:
+    def took_over(self, leg: Leg, frames: bytes) -> float:
+        """``leg``, a resuming client's, is the session's client leg now: send it the ``resumed``
+        message (its next token, and how many of its messages reached the app), then ``frames`` (the
+        app's messages it lacks, :meth:`frames_for`). Returns how long the client was away."""
+        leg.transport.write(build_frame(Opcode.TEXT, resumed(self.issue_token(), leg.positions.complete_messages),
+                                        masked=False))
+        if frames:
+            leg.sender.write(frames)
+        return self._back(leg)
+
+    def _back(self, leg: Leg) -> float:
         """A new client connection took over (already sent what it lacked); returns the gap in seconds."""
-        gap = 0.0 if self.away_since is None else time.monotonic() - self.away_since
+        gap = 0.0 if self.away_since is None else asyncio.get_running_loop().time() - self.away_since
         self.away_since = None
         self.resumes += 1
         if self._grace_handle is not None:

@@ -173,7 +173,7 @@ class Gateway:
         resume = session.resume if session is not None else None
         transport = connection.transport
         if (session is None or resume is None or resume.subprotocol not in offered or transport is None
-                or not session.can_resume(offer.received)):
+                or not resume.can_resume(offer.received)):
             switch_protocols(connection, head, MARKER if MARKER in offered else None)
             self._close_resume(connection)
             return
@@ -261,10 +261,7 @@ class Gateway:
             return
         self.draining = True
         for session in self.sessions:
-            if session.recovery is not None:
-                session.recovery.allowed = False  # while draining, an upstream loss closes the client
-            if session.resume is not None:
-                session.resume.allowed = False  # and a client that drops is not waited for
+            session.stop_recovering()
         self.metrics.set_draining(True)
         self.metrics.set_ready(False)
         drain = self.config.drain
@@ -292,8 +289,7 @@ class Gateway:
         if waiting:
             await asyncio.wait(waiting, timeout=max(0.0, deadline - time.monotonic() - 0.5))
         for session in list(self.sessions):
-            session.client.abort()
-            session.upstream.abort()
+            session.abort()
         logger.info("drain finished", extra={"fields": {"left_open": len(self.sessions)}})
         self.stopped.set()
 
@@ -305,8 +301,7 @@ class Gateway:
         if self._traffic is not None:
             self._traffic.close()
         for session in list(self.sessions):
-            session.client.abort()
-            session.upstream.abort()
+            session.abort()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
             self._admin_runner = None

@@ -10,10 +10,10 @@ meaningful code. When both transports are gone the session counts one close
 per leg and writes one log line.
 
 States (changed only in :meth:`Session._set_state`, each change logged at
-debug): ``OPEN`` relays; ``RECONNECTING`` while the upstream leg is being
-replaced and the client's data goes to an :class:`~gateway.reconnect.OutageHold`;
-``CLOSING`` after the first close, while the legs finish their closing
-handshakes; ``CLOSED`` when both transports are gone.
+debug; :class:`SessionState` says when each one begins and ends). Client resume
+(:mod:`gateway.resume`) is reached through the session's :class:`~gateway.resume.ResumeHost`
+methods, upstream replacement (:mod:`gateway.outage`) through its
+:class:`~gateway.outage.OutageHost` ones; the session alone writes its legs' data paths.
 """
 
 from __future__ import annotations
@@ -25,23 +25,21 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
-from gateway.core.backoff import worth_retrying
 from gateway.core.closecodes import Cause, CloseCode, Initiator
 from gateway.core.closerules import CloseRule, Event, From, LegName, rule_for
 from gateway.core.closing import Close
 from gateway.core.compression import DeflateAgreement
 from gateway.core.config import ClientConfig, UpstreamConfig
 from gateway.core.deflate import compression_counts
-from gateway.core.delivery import DeliveryMode, Ledger, Unconfirmed
-from gateway.core.replay import MessageBuffer
+from gateway.core.delivery import DeliveryMode, Ledger
+from gateway.core.outage import LossCause
 from gateway.core.targets import Target
 from gateway.delivery import Confirmations
 from gateway.flow import Backpressure, Pausable, WriteFlow
 from gateway.leg import Leg
 from gateway.metrics import GatewayMetrics
-from gateway.reconnect import GaveUp, OutageHold, Reconnected, Recovery, judge_outage, outage_buffer, reconnect
+from gateway.outage import Outage, RecoveryPlan
 from gateway.resume import ResumeState
-from gateway.session_resume import ClientResume
 from gateway.sessionlog import SessionRecord, log_session
 
 __all__ = ["Session", "SessionState", "Traffic"]
@@ -55,9 +53,24 @@ class SessionState(enum.Enum):
     """Lifecycle of a session after both handshakes."""
 
     OPEN = "open"
+    """Relaying both ways (the first state)."""
+    CLIENT_AWAY = "client_away"
+    """A resumable client dropped: the app's leg stays open and its messages go to the replay log,
+    until a resume splices a new client leg in (back to OPEN) or the grace period ends (CLOSING)."""
     RECONNECTING = "reconnecting"
+    """The upstream was lost: the client's data is held while a new upstream is sought
+    (:class:`~gateway.outage.Outage`); then OPEN again, or CLOSING when the outage closes the client."""
+    REPLAY_PENDING = "replay_pending"
+    """A new upstream is connected, but the client is in the middle of a message the outage cut:
+    the replay waits for that message's end (then OPEN)."""
     CLOSING = "closing"
+    """After the first close, while the legs finish their closing handshakes."""
     CLOSED = "closed"
+    """Both transports are gone; counted and logged."""
+
+
+_IN_OUTAGE: Final = frozenset({SessionState.RECONNECTING, SessionState.REPLAY_PENDING})
+_TAKES_CLIENT: Final = frozenset({SessionState.OPEN, SessionState.CLIENT_AWAY})
 
 
 @dataclass(slots=True)
@@ -70,7 +83,7 @@ class Traffic:
     discarded_messages: int = 0
 
 
-class Session(ClientResume):
+class Session:
     """Both legs of one client connection and the rules that tie their closes together.
 
     Slotted: idle sessions are most of a gateway's memory.
@@ -92,8 +105,8 @@ class Session(ClientResume):
         "done",
         "initiator",
         "metrics",
+        "outage",
         "path",
-        "recovery",
         "resume",
         "retired",
         "session_id",
@@ -128,8 +141,8 @@ class Session(ClientResume):
         self.upstream: Leg
         self._backpressure: Backpressure | None = None
         """Created on first use: most sessions never wait for a destination to drain."""
-        self.recovery: Recovery | None = None
-        """Set when reconnection is enabled: an upstream loss replaces the leg instead of closing."""
+        self.outage: Outage | None = None
+        """Set at attach when reconnection is enabled: an upstream loss replaces the leg instead of closing."""
         self.target: Target | None = None
         """The upstream target this session is on (the server moves it on reconnect)."""
         self.retired = Traffic()
@@ -143,8 +156,10 @@ class Session(ClientResume):
         client_flow: WriteFlow,
         upstream_transport: asyncio.Transport,
         upstream_flow: WriteFlow,
-        compression: DeflateAgreement | None = None) -> None:
-        """Bind both transports (and the client's compression agreement), start keepalive, count it open."""
+        compression: DeflateAgreement | None = None,
+        recovery: RecoveryPlan | None = None) -> None:
+        """Bind both transports (with the client's compression agreement and, if reconnection is
+        enabled, how to replace the upstream), start keepalive, count it open."""
         self.client = Leg(
             LegName.CLIENT,
             self,
@@ -154,14 +169,14 @@ class Session(ClientResume):
             self.client_config.close_timeout,
             scanner_limits=self.upstream_config, compression=compression,
         )
-        recovery = self.recovery
         if recovery is not None:
             config = recovery.config
             ledger = Ledger(keep_bytes=config.delivery is DeliveryMode.AT_LEAST_ONCE, limit=config.buffer_bytes,
                             window=config.app_queue_messages, window_bytes=config.app_queue_bytes)
-            recovery.confirmations = Confirmations(ledger, self.client.positions, config.confirm_interval,
-                                                   self._send_confirmation, self._hear_writes)
-            self.client.delivery = recovery.confirmations
+            confirmations = Confirmations(ledger, self.client.positions, config.confirm_interval,
+                                          self._send_confirmation, self._hear_writes)
+            self.outage = Outage(recovery, confirmations, self, self.metrics, self.session_id)
+            self.client.delivery = confirmations
             if not ledger.keeps_bytes:
                 # at_most_once keeps only the start of a message in progress (re-sent whole after an
                 # outage: the old upstream never had all of it); at_least_once's ledger keeps more.
@@ -193,18 +208,15 @@ class Session(ClientResume):
         self.client.out = upstream.transport
         # A resumable session's app messages also go into the replay log (the tap in front of the client).
         upstream.out = self.client.sender if self.resume is None else self.resume.tap
-        if self.recovery is not None:
-            upstream.pong_listener = self.recovery.confirmations
+        if self.outage is not None:
+            upstream.pong_listener = self.outage.confirmations
 
     def _send_confirmation(self, payload: bytes) -> None:
         self.upstream.send_ping(payload)
 
     def _hear_writes(self, confirmations: Confirmations | None) -> None:
-        if self.state is SessionState.OPEN:  # during an outage nothing is written upstream
+        if self.state in _TAKES_CLIENT:  # during an outage nothing is written upstream
             self.client.delivery = confirmations
-
-    def _relaying(self) -> bool:
-        return self.state is SessionState.OPEN
 
     def _set_state(self, state: SessionState) -> None:
         logger.debug("session %s: %s -> %s", self.session_id, self.state.value, state.value)
@@ -234,10 +246,7 @@ class Session(ClientResume):
 
     def replay_state(self) -> tuple[int, int, bool]:
         """Replay buffer use for the collector."""
-        hold = self.recovery.hold if self.recovery is not None else None
-        if hold is None:
-            return 0, 0, False
-        return len(hold.buffer.messages), hold.buffer.bytes, True
+        return self.outage.buffered() if self.outage is not None else (0, 0, False)
 
     # --- events from the legs (LegListener) -------------------------------------------------
     def leg_closed(self, leg: Leg, close: Close) -> None:
@@ -267,7 +276,7 @@ class Session(ClientResume):
     def leg_ping_timeout(self, leg: Leg) -> None:
         """A gateway ping on ``leg`` went unanswered: that peer is presumed dead."""
         self.metrics.ping_timed_out(leg.name.value)
-        if leg is self.client and self.resume is not None and self._wait_for_client():
+        if leg is self.client and self._wait_for_client():
             leg.abort()
             return
         if not self._current(leg):
@@ -276,13 +285,13 @@ class Session(ClientResume):
         if leg is self.upstream and self.state is SessionState.OPEN and self._may_reconnect(None):
             leg.send_close(Close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout"))
             leg.abort()  # a frozen or vanished upstream will not answer the close either
-            self._upstream_lost(None, timed_out=True)
+            self._upstream_lost(None, LossCause(timed_out=True))
             return
         self._close(rule_for(Event.PING_TIMEOUT, leg.name))
 
     def leg_lost(self, leg: Leg) -> None:
         """A transport closed. Mid-session, that is an abnormal close (1006) the other leg hears of."""
-        if leg is self.client and self.resume is not None and (self.resume.away or self._wait_for_client()):
+        if leg is self.client and (self.state is SessionState.CLIENT_AWAY or self._wait_for_client()):
             return
         if leg is self.upstream and self.state is SessionState.OPEN and self._may_reconnect(None):
             self._upstream_lost(None)
@@ -297,7 +306,7 @@ class Session(ClientResume):
         """False for an upstream leg that reconnection is replacing or has replaced (its events are past)."""
         if leg is self.client:
             return True
-        return leg is self.upstream and self.state is not SessionState.RECONNECTING
+        return leg is self.upstream and self.state not in _IN_OUTAGE
 
     def leg_backlogged(self, source: Leg, destination: Leg) -> None:
         """Backpressure: stop reading ``source`` until ``destination`` drains.
@@ -327,6 +336,18 @@ class Session(ClientResume):
         """Close both legs on the gateway's own account (``Event.SHUTDOWN`` when draining)."""
         self._close(rule_for(event, LegName.CLIENT))
 
+    def stop_recovering(self) -> None:
+        """Draining: from now on an upstream loss closes the client, and a client that drops is not waited for."""
+        if self.outage is not None:
+            self.outage.allowed = False
+        if self.resume is not None:
+            self.resume.allowed = False
+
+    def abort(self) -> None:
+        """Drop both connections now (a drain's deadline, the process closing)."""
+        self.client.abort()
+        self.upstream.abort()
+
     def _close(self, rule: CloseRule, reason: str = "", code: int = 0) -> bool:
         """Apply ``rule``: the first close decides initiator and cause; False if one was under way.
 
@@ -335,9 +356,9 @@ class Session(ClientResume):
             reason: the event's reason (the peer's reason for a relayed close).
             code: the peer's code (relayed closes) or the violation's code.
         """
-        if self.state is SessionState.RECONNECTING:
-            self._end_outage()
-        elif self.state is not SessionState.OPEN:
+        if self.state in _IN_OUTAGE and self.outage is not None:
+            self.outage.end()
+        elif self.state not in _TAKES_CLIENT:
             return False
         self.initiator = rule.initiator_for()
         self.cause = rule.cause_for(code)
@@ -354,146 +375,40 @@ class Session(ClientResume):
             leg.send_close(Close(wire, send.reason.format(reason=reason)))
         return True
 
-    # --- upstream replacement ------------------------------------------------------------------
+    # --- upstream replacement (gateway.outage) ------------------------------------------------
     def _may_reconnect(self, code: int | None) -> bool:
-        recovery = self.recovery
-        if self.resume is not None and self.resume.away:
-            return False  # no upstream replacement while the client is away: the session ends
-        return recovery is not None and recovery.allowed and worth_retrying(code, recovery.config.codes)
+        return self.outage is not None and self.outage.may_retry(code)
 
-    def _upstream_lost(self, code: int | None, timed_out: bool = False) -> None:
-        """The upstream is gone with a retryable code (or ``timed_out``: its ping went unanswered):
-        hold the client and start reconnecting."""
-        recovery = self.recovery
-        assert recovery is not None
-        now = time.monotonic()
-        unconfirmed = self._unconfirmed(recovery)
-        verdict = judge_outage(recovery, unconfirmed, self.client.positions, self.upstream.lost_by_reset, timed_out)
-        # Closing instead of reconnecting: the window's and the unconfirmed messages are all lost.
-        closing_loss = {"unhandled": unconfirmed.window, "unconfirmed": unconfirmed.messages}
-        if verdict.code:
-            named_complete = verdict.message <= self.client.positions.complete_messages
-            closing_loss["unconfirmed"] -= 1 if named_complete else 0
-            self._count_lost(recovery, {"refused": 1, **closing_loss})
-            logger.info("session %s: closing the client with %d: %s", self.session_id, verdict.code, verdict.reason)
-            self._close_client(Event.MESSAGE_REFUSED, verdict.reason, verdict.code)
-            return
-        if recovery.breaker.record_loss(now):
-            self.metrics.breaker_tripped()
-            self._count_lost(recovery, closing_loss)
-            self._close_client(
-                Event.BREAKER_TRIPPED,
-                f"circuit breaker: upstream lost {recovery.breaker.losses} times in {recovery.breaker.window:g}s",
-            )
-            return
-        if self.upstream.scanner.in_message:
-            self._count_lost(recovery, closing_loss)
-            self._close_client(Event.LOST_MID_MESSAGE, "")
-            return
-        buffer = self._outage_buffer(recovery, unconfirmed)
-        if buffer is None:
-            return
-        client = self.client
-        config = recovery.config
-        recovery.hold = OutageHold(buffer, self._replay_overflow, self._resume)
-        recovery.outage_started = now
-        self._set_state(SessionState.RECONNECTING)
-        self.upstream.stop_keepalive()
-        client.out = recovery.hold
-        client.resume_reading()  # it may have been paused for the old upstream's buffer
-        if config.notify_loss:
-            client.write_text(config.notify_loss.format(session_id=self.session_id))
-        resend, lost = recovery.possible_duplicates, recovery.lost_in_outage
-        logger.info(
-            "session %s: upstream lost (%s); reconnecting; %d messages to re-send, %d possibly lost%s",
-            self.session_id,
-            "no close frame" if code is None else f"close {code}",
-            resend, lost, f", from message #{unconfirmed.assumed_handled + 1}" if resend or lost else "",
-        )
-        recovery.task = asyncio.get_running_loop().create_task(self._reconnect(recovery))
-
-    def _outage_buffer(self, recovery: Recovery, unconfirmed: Unconfirmed) -> MessageBuffer | None:
-        """The replay buffer for an outage starting now (:func:`gateway.reconnect.outage_buffer`);
-        None if the session was closed (kept messages overflowing under the ``close`` policy)."""
-        client = self.client
-        recovery.lost_in_outage = 0
-        buffer, lost, overflow = outage_buffer(recovery.config, unconfirmed, client.positions.in_message,
-                                               client.recent, client.recent_too_large)
-        self._count_lost(recovery, lost)
-        if overflow:
-            self._close_client(Event.REPLAY_OVERFLOW, overflow)
-            return None
-        recovery.possible_duplicates = unconfirmed.resend_messages
-        recovery.duplicates_total += unconfirmed.resend_messages
-        return buffer
-
-    def _unconfirmed(self, recovery: Recovery) -> Unconfirmed:
-        """Stop confirming on the lost upstream leg and read what it left unconfirmed."""
+    def _upstream_lost(self, code: int | None, cause: LossCause | None = None) -> None:
+        """The upstream is gone with a retryable code (or none): hold the client while the outage
+        finds a new upstream, unless it closed the client instead."""
+        assert self.outage is not None
         self.client.delivery = None  # nothing is written upstream until the replay
         self.upstream.pong_listener = None
-        confirmations = recovery.confirmations
-        assert confirmations is not None
-        confirmations.stop()
-        scanner = self.client.positions
-        return confirmations.ledger.lost(scanner.complete_messages, scanner.in_message)
-
-    def _count_lost(self, recovery: Recovery, lost: dict[str, int], overflowed: bool = False) -> None:
-        """Count client messages lost at an outage, by reason: metrics, this outage, the session."""
-        self.metrics.replay_lost(lost, overflowed, recovery.config.overflow.value)
-        total = sum(lost.values())
-        recovery.lost_in_outage += total
-        recovery.lost_total += total
-
-    async def _reconnect(self, recovery: Recovery) -> None:
-        result = await reconnect(
-            recovery.reopen,
-            recovery.delays,
-            recovery.outage_started + recovery.config.give_up_after,
-            recovery.subprotocol,
-            self.metrics.reconnect_attempt,
-        )
-        recovery.task = None  # ending on its own: the outage's end must not cancel this task
-        if self.state is not SessionState.RECONNECTING:
-            if isinstance(result, Reconnected):
-                result.connection.transport.abort()
+        cause = cause or LossCause(reset=self.upstream.lost_by_reset)
+        hold = self.outage.begin(code, cause, self.client, self.upstream.scanner.in_message)
+        if hold is None:
             return
-        if isinstance(result, GaveUp):
-            self._close_client(result.event, result.reason)
-            return
-        recovery.ready = result.connection
-        hold = recovery.hold
-        assert hold is not None
-        hold.upstream_ready = True
-        if not hold.buffer.skipping:
-            self._resume()
+        self._set_state(SessionState.RECONNECTING)
+        self.upstream.stop_keepalive()
+        self.client.out = hold
+        self.client.resume_reading()  # it may have been paused for the old upstream's buffer
 
-    def _replay_overflow(self, reason: str) -> None:
-        self._close_client(Event.REPLAY_OVERFLOW, reason)
-
-    def _close_client(self, event: Event, reason: str, code: int = 0) -> None:
-        """Reconnection failed or is not possible: close the client as the table says."""
+    def close_client(self, event: Event, reason: str, code: int = 0) -> None:
+        """Reconnection failed or is not possible: close the client as the table says (OutageHost)."""
         self._close(rule_for(event, LegName.UPSTREAM), reason, code)
         self.upstream.abort()
 
-    def _resume(self) -> None:
-        """A new upstream is connected and the buffer is at a message boundary: replay, then relay."""
-        recovery = self.recovery
-        assert recovery is not None and recovery.ready is not None and recovery.hold is not None
-        connection, buffer = recovery.ready, recovery.hold.buffer
-        recovery.ready = recovery.hold = None
-        replayed = len(buffer.messages)
-        whole = buffer.bytes
-        outage = time.monotonic() - recovery.outage_started
-        recovery.reconnects += 1
-        recovery.outage_total += outage
-        self._count_lost(recovery, buffer.dropped, buffer.overflows > 0)
-        self.metrics.session_resumed(outage, replayed)
-        config = recovery.config
-        if config.notify_resume:
-            self.client.write_text(
-                config.notify_resume.format(session_id=self.session_id, outage_ms=round(outage * 1000),
-                                            replayed=replayed, lost=recovery.lost_in_outage)
-            )
+    def upstream_waiting(self) -> None:
+        """A new upstream is connected; the replay waits for the end of the message the outage cut (OutageHost)."""
+        self._set_state(SessionState.REPLAY_PENDING)
+
+    def upstream_back(self) -> None:
+        """A new upstream is connected and the held client data is at a message boundary: replay,
+        pair the new leg, relay (OutageHost)."""
+        assert self.outage is not None
+        replay = self.outage.replay(self.client)
+        connection = replay.connection
         retired_leg = self.upstream
         old = retired_leg.scanner
         self.retired.messages += old.messages
@@ -502,42 +417,65 @@ class Session(ClientResume):
         self.retired.discarded_messages += old.discarded_messages
         protocol = connection.protocol
         upstream = self._new_upstream_leg(connection.transport, protocol.write_flow())
-        replay = buffer.drain()
-        if replay:
-            connection.transport.write(replay)
+        if replay.data:
+            connection.transport.write(replay.data)
         self._pair(upstream)
         if retired_leg.closed:
             retired_leg.release()  # else when its connection ends (leg_lost)
         if self.client.recent is not None:
             # The replay may end with the start of a message still in progress: that start is what
             # a next outage must re-send, with the fragments that follow.
-            self.client.recent[:] = replay[whole:]
+            self.client.recent[:] = replay.data[replay.whole:]
         self.client.recent_too_large = False
-        confirmations = recovery.confirmations
-        assert confirmations is not None
-        confirmations.ledger.resent(replay, whole, self.client.positions.complete_messages, replayed)
         self._set_state(SessionState.OPEN)
         protocol.attach(upstream.scanner.feed, upstream.transport_lost, connection.first_bytes)
         upstream.schedule_ping()
-        confirmations.restart()
-        logger.info("session %s: upstream back after %.3fs; %d messages replayed, %d lost", self.session_id, outage,
-                    replayed, recovery.lost_in_outage)
+        self.outage.confirmations.restart()
 
-    def _end_outage(self) -> None:
-        """The session closes during an outage: stop reconnecting, count what the buffer lost."""
-        recovery = self.recovery
-        assert recovery is not None
-        if recovery.task is not None:
-            recovery.task.cancel()
-            recovery.task = None
-        if recovery.ready is not None:
-            recovery.ready.transport.abort()
-            recovery.ready = None
-        if recovery.hold is not None:
-            buffer = recovery.hold.buffer
-            self._count_lost(recovery, buffer.dropped, buffer.overflows > 0)
-            recovery.outage_total += time.monotonic() - recovery.outage_started
-            recovery.hold = None
+    # --- client resume (gateway.resume) --------------------------------------------------------
+    def takes_client(self) -> bool:
+        """Relaying, or waiting for a resumable client: no outage, not closing (ResumeHost)."""
+        return self.state in _TAKES_CLIENT
+
+    def _wait_for_client(self) -> bool:
+        """The client's connection is gone: True if the session waits for it (CLIENT_AWAY)."""
+        if self.resume is None or self.state is not SessionState.OPEN or not self.resume.wait_for_client():
+            return False
+        self._set_state(SessionState.CLIENT_AWAY)
+        return True
+
+    def client_gone(self, result: str) -> None:
+        """The client did not come back in time (``expired``), or the replay log overflowed while it
+        was away: the session ends as a client loss (ResumeHost)."""
+        if self.state is not SessionState.CLIENT_AWAY:
+            return  # the session is closing already (drain, the app's close): nothing to count here
+        self.metrics.client_resume(result)
+        self._close(rule_for(Event.PEER_LOST, LegName.CLIENT))
+
+    def splice_client(self, transport: asyncio.Transport, flow: WriteFlow, compression: DeflateAgreement | None,
+                      received: int) -> bool:
+        """A resume: a new client connection replaces the client leg, and gets what it lacks first;
+        False when it cannot resume now (:meth:`gateway.resume.ResumeState.frames_for`)."""
+        resume = self.resume
+        frames = resume.frames_for(received) if resume is not None else None
+        if resume is None or frames is None:
+            return False
+        old = self.client
+        new = Leg(LegName.CLIENT, self, transport, flow, self.client_config, self.client_config.close_timeout,
+                  scanner_limits=self.upstream_config, compression=compression)
+        new.carry_over(old)
+        new.other, new.out, self.upstream.other = self.upstream, old.out, new
+        self.client = new
+        if self.outage is not None:
+            self.outage.confirmations.follow(new.positions)
+        if old.closed:
+            old.release()
+        else:
+            old.abort()  # the client came back before its old connection was seen to drop
+        self._set_state(SessionState.OPEN)
+        self.metrics.client_resumed(resume.took_over(new, frames), resume.log.messages - received)
+        new.schedule_ping()
+        return True
 
     # --- the end ---------------------------------------------------------------------------------
     def _finish(self) -> None:
@@ -556,7 +494,7 @@ class Session(ClientResume):
                 (LegName.UPSTREAM.value, upstream.closing_code(), initiator, cause),
             ],
         )
-        recovery = self.recovery
+        stats = self.outage.stats if self.outage is not None else None
         log_session(
             SessionRecord(
                 session_id=self.session_id,
@@ -576,10 +514,10 @@ class Session(ClientResume):
                 messages_out=upstream.scanner.messages + self.retired.messages,
                 bytes_out=upstream.scanner.payload_bytes + self.retired.payload_bytes,
                 discarded=sum(self.discarded()),
-                reconnects=recovery.reconnects if recovery else 0,
-                outage_seconds=recovery.outage_total if recovery else 0.0,
-                lost_messages=recovery.lost_total if recovery else 0,
-                possible_duplicates=recovery.duplicates_total if recovery else 0,
+                reconnects=stats.reconnects if stats else 0,
+                outage_seconds=stats.outage_seconds if stats else 0.0,
+                lost_messages=stats.lost_messages if stats else 0,
+                possible_duplicates=stats.possible_duplicates if stats else 0,
                 client_resumes=self.resume.resumes if self.resume is not None else 0,
                 compressed=client.inflater is not None,
             )
@@ -589,9 +527,9 @@ class Session(ClientResume):
         self.client.release()
         self.upstream.release()
         self._backpressure = None
-        if recovery is not None and recovery.confirmations is not None:
-            recovery.confirmations.stop()
-        self.recovery = None
+        if self.outage is not None:
+            self.outage.confirmations.stop()
+        self.outage = None
         if self.resume is not None:
             self.resume.end()
             self.resume = None

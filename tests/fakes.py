@@ -24,6 +24,7 @@ from gateway.core.codec import Opcode, build_frame, mask_payload
 from gateway.core.config import GatewayConfig, load_config
 from gateway.flow import WriteFlow
 from gateway.metrics import GatewayMetrics
+from gateway.outage import RecoveryPlan
 from gateway.session import Session
 
 Frame = tuple[bool, int, bytes]
@@ -226,12 +227,13 @@ def open_session(settings: dict[str, Any] | None = None) -> Harness:
     return harness
 
 
-def attach(harness: Harness) -> Harness:
-    """Attach the transports (after a test has set ``session.recovery``, if it wants one)."""
+def attach(harness: Harness, recovery: RecoveryPlan | None = None) -> Harness:
+    """Attach the transports (with a recovery plan: reconnection, if the test wants one)."""
     harness.session.attach(
         harness.client,  # type: ignore[arg-type]
         harness.client_flow,
         harness.upstream,  # type: ignore[arg-type]
         harness.upstream_flow,
+        recovery=recovery,
     )
     return harness

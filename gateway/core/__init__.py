@@ -11,6 +11,7 @@ Modules: :mod:`~gateway.core.codec` (frame encoding and masking), :mod:`~gateway
 :mod:`~gateway.core.deflate` and :mod:`~gateway.core.inflate` (compressing the app's messages,
 inflating the client's), :mod:`~gateway.core.replay` (the replay buffer),
 :mod:`~gateway.core.delivery` (what the upstream confirmed, the delivery ledger and the loss rules),
+:mod:`~gateway.core.outage` (an upstream loss judged, and the replay buffer it starts),
 :mod:`~gateway.core.resume` (client resume: tokens, messages, the replay log),
 :mod:`~gateway.core.backoff` (retry decision, backoff, breaker), :mod:`~gateway.core.targets`
 (upstream targets), :mod:`~gateway.core.labels` (metric label vocabularies),

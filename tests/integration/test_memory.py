@@ -62,7 +62,7 @@ async def test_sessions_that_reconnected_and_closed_leave_nothing_behind(
             await asyncio.to_thread(app.process.wait)
             make_upstream(port=app.port)
             await async_wait_until(
-                lambda: all(s.recovery is not None and s.recovery.reconnects == 1 and s.state.value == "open"
+                lambda: all(s.outage is not None and s.outage.stats.reconnects == 1 and s.state.value == "open"
                             for s in gateway.sessions),
                 scaled(30), "every session to resume on the restarted app")
             for ws in sockets:

@@ -18,8 +18,8 @@ def data_frames(transport: object) -> list[tuple[bool, int, bytes]]:
 
 async def test_at_least_once_the_write_that_ends_a_cut_message_is_not_recorded_as_sent_upstream() -> None:
     """The bug: the new upstream is waiting while the hold skips the rest of a cut message;
-    the client write that ends that message makes ``OutageHold.write`` call ``Session._resume``
-    synchronously, inside ``Leg.forward``. ``_resume`` re-attaches ``client.delivery``, and
+    the client write that ends that message makes ``OutageHold.write`` call ``Session.upstream_back``
+    synchronously, inside ``Leg.forward``. ``upstream_back`` re-attaches ``client.delivery``, and
     ``Leg.forward`` reads ``self.delivery`` only *after* ``out.write``, so it reports the same bytes
     to the ledger (``Confirmations.wrote``) although they went to the hold (skipped here; in general
     already part of the replay that ``Ledger.resent`` recorded). The ledger's offsets and kept bytes
@@ -33,7 +33,7 @@ async def test_at_least_once_the_write_that_ends_a_cut_message_is_not_recorded_a
     h.from_client(client_frame(Opcode.TEXT, b"a" * 150, fin=False))  # too large to keep: cut
     h.session.upstream.transport_lost()
     await idle()
-    assert len(upstreams) == 1 and h.session.state is SessionState.RECONNECTING, "waiting for the cut message"
+    assert len(upstreams) == 1 and h.session.state is SessionState.REPLAY_PENDING, "waiting for the cut message"
     h.from_client(client_frame(Opcode.CONTINUATION, b"end"))  # ends the skip: resumes inside this write
     assert h.session.state is SessionState.OPEN
     send(h, b"next")
@@ -46,7 +46,7 @@ async def test_at_least_once_the_write_that_ends_a_cut_message_is_not_recorded_a
 async def test_at_most_once_a_message_in_progress_across_two_outages_is_resent_from_its_start() -> None:
     """The bug: at_most_once re-sends a message in progress at a loss from ``client.recent``
     (its start, kept by ``Leg._retain``). When the replay to a new upstream ends with the start of
-    that message (it is still in progress), ``Session._resume`` clears ``client.recent``, so from then
+    that message (it is still in progress), ``Session.upstream_back`` clears ``client.recent``, so from then
     on it holds only the fragments sent after the resume. If the new upstream is lost before the
     message ends, ``outage_buffer`` primes the replay buffer with those later fragments only, and the
     third upstream receives the message without its first frame: it starts with a continuation

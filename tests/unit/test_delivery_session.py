@@ -72,7 +72,7 @@ async def test_a_confirmation_ping_follows_client_messages_and_an_idle_session_s
     assert [op for _, op, _ in frames] == [Opcode.TEXT] * 3 + [Opcode.PING]
     assert len(frames[-1][2]) == 9, "not a keepalive payload (8 bytes)"
     assert [at for at, _ in h.upstream.timed_frames(Opcode.PING)] == [sent_at + CONFIRM_INTERVAL]
-    confirmations = h.session.recovery.confirmations  # type: ignore[union-attr]
+    confirmations = h.session.outage.confirmations  # type: ignore[union-attr]
     assert confirmations is not None and confirmations.ledger.confirmed == 3
     await advance(1.0)
     assert len(pings(h.upstream)) == 1, "nothing new to confirm: no more pings"
@@ -95,8 +95,8 @@ async def test_at_most_once_counts_the_unconfirmed_messages_and_does_not_resend_
     await idle()
     assert h.session.state is SessionState.OPEN
     assert texts(upstreams[0]) == [b"during"]
-    assert h.session.recovery is not None and h.session.recovery.lost_total == 3
-    assert h.session.recovery.possible_duplicates == 0
+    assert h.session.outage is not None and h.session.outage.stats.lost_messages == 3
+    assert h.session.outage.announced == 0
 
 
 async def test_at_most_once_counts_the_last_confirmed_messages_as_possibly_unhandled() -> None:
@@ -110,7 +110,7 @@ async def test_at_most_once_counts_the_last_confirmed_messages_as_possibly_unhan
     assert (lost(h, "unhandled"), lost(h, "unconfirmed")) == (3, 2)
     await idle()
     assert h.session.state is SessionState.OPEN and texts(upstreams[0]) == []
-    assert h.session.recovery is not None and h.session.recovery.lost_total == 5
+    assert h.session.outage is not None and h.session.outage.stats.lost_messages == 5
 
 
 async def test_at_least_once_resends_the_unconfirmed_messages_first_in_order() -> None:
@@ -126,7 +126,7 @@ async def test_at_least_once_resends_the_unconfirmed_messages_first_in_order() -
     assert h.session.state is SessionState.OPEN
     assert texts(upstreams[0]) == [b"m3", b"m4", b"m5", b"during"]
     assert sum(lost(h, r) for r in ("unhandled", "unconfirmed", "cut", "overflow", "too_large")) == 0
-    assert h.session.recovery is not None and h.session.recovery.possible_duplicates == 3
+    assert h.session.outage is not None and h.session.outage.announced == 3
 
 
 async def test_at_least_once_resends_the_window_of_confirmed_messages_before_the_unconfirmed() -> None:
@@ -141,7 +141,7 @@ async def test_at_least_once_resends_the_window_of_confirmed_messages_before_the
     await idle()
     assert texts(upstreams[0]) == [b"m2", b"m3", b"m4", b"m5", b"during"]
     assert sum(lost(h, r) for r in ("unhandled", "unconfirmed", "cut", "overflow", "too_large")) == 0
-    assert h.session.recovery is not None and h.session.recovery.possible_duplicates == 4
+    assert h.session.outage is not None and h.session.outage.announced == 4
 
 
 async def test_at_least_once_counts_window_messages_past_app_queue_bytes_as_unhandled() -> None:

@@ -15,7 +15,7 @@ from gateway.core.closerules import Event
 from gateway.core.codec import Opcode, build_close_payload, build_frame
 from gateway.core.scanner import FrameScanner
 from gateway.leg import Leg
-from gateway.reconnect import Recovery
+from gateway.outage import RecoveryPlan
 from gateway.session import Session, SessionState
 from gateway.upstream import UpstreamConnection, UpstreamProtocol
 from tests.fakes import FakeFlow, FakeTransport, Harness, attach, open_session
@@ -258,16 +258,16 @@ async def test_slow_consumer_gets_1008_even_with_the_app_paused_mid_frame() -> N
 
 
 # --- outage entry ------------------------------------------------------------------------------------
-def with_recovery(h: Harness, reopen: object, *, codes: frozenset[int] | None = None) -> Harness:
+def with_recovery(h: Harness, reopen: object) -> Harness:
+    """Attach with reconnection: ``reopen`` opens the new upstream, 10 ms between attempts."""
     config = h.config.reconnect
-    h.session.recovery = Recovery(
+    return attach(h, RecoveryPlan(
         config=config,
         reopen=reopen,  # type: ignore[arg-type]
         subprotocol=None,
         delays=lambda: iter([0.0, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01]),
         breaker=Breaker(config.max_reconnects, config.breaker_window),
-    )
-    return attach(h)
+    ))
 
 
 async def test_upstream_loss_holds_the_client_and_replays_in_order() -> None:
@@ -434,8 +434,8 @@ async def relay_lose_resume_and_close(kinds: tuple[type, ...], before: list[int]
     h.from_client(client_frame(Opcode.TEXT, b"one"))
     h.session.upstream.transport_lost()
     await idle()
-    assert h.session.state is SessionState.OPEN and h.session.recovery is not None
-    assert h.session.recovery.reconnects == 1
+    assert h.session.state is SessionState.OPEN and h.session.outage is not None
+    assert h.session.outage.stats.reconnects == 1
     expected = [b + n for b, n in zip(before, (1, 2, 2, 1), strict=True)]
     assert live_objects(*kinds) == expected, "the replaced upstream leg is freed at once"
     h.from_client(close_frame(1000))
@@ -468,15 +468,14 @@ async def compressed_resumable_session_life(registry: dict[bytes, object]) -> No
     h = open_session()
     agreement = negotiate("permessage-deflate", h.config.client.compression)
     assert agreement is not None
-    h.session.resume = ResumeState(h.config.resume, registry, h.session, "ws-gateway.resumable",
-                                   h.session.client_gone)
+    h.session.resume = ResumeState(h.config.resume, registry, h.session, "ws-gateway.resumable")
     h.session.resume.issue_token()
     h.session.attach(h.client, h.client_flow, h.upstream, h.upstream_flow,  # type: ignore[arg-type]
                      compression=agreement)
     h.from_client(client_compressed([b"hello " * 20]))
     h.from_upstream(h.app_frame(Opcode.TEXT, b"from the app " * 20))
     h.session.client.transport_lost()  # a drop with no close frame: the session waits
-    assert h.session.resume is not None and h.session.resume.away
+    assert h.session.state is SessionState.CLIENT_AWAY
     back = FakeTransport("client again")
     assert h.session.splice_client(back, FakeFlow(), agreement, 0)  # type: ignore[arg-type]
     h.session.client.scanner.feed(close_frame(1000))
