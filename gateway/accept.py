@@ -185,8 +185,8 @@ class Acceptor:
                        compression=agreement, recovery=recovery)
         if self.draining():
             session.stop_recovering()
-        upstream.protocol.attach(session.upstream.scanner.feed, session.upstream.transport_lost, upstream.first_bytes)
-        connection.relay(session.client.scanner.feed, session.client.transport_lost)
+        session.read_upstream(upstream)
+        session.read_client(connection)
         return session
 
     def reopener(self, session: Session, path: str, headers: list[tuple[str, str]], offered: list[str]) -> Reopen:

@@ -183,7 +183,7 @@ class Gateway:
             self._close_resume(connection)  # cannot happen between can_resume and here: no await
             return
         self.metrics.compression_negotiated("negotiated" if agreement is not None else str(compression))
-        connection.relay(session.client.scanner.feed, session.client.transport_lost)
+        session.read_client(connection)
 
     def _close_resume(self, connection: ClientConnection) -> None:
         """What a browser can see of a refused resume: a 101 (naming the resumable marker, since a

@@ -22,8 +22,9 @@ import asyncio
 import enum
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from gateway.core.closecodes import Cause, CloseCode, Initiator
 from gateway.core.closerules import CloseRule, Event, From, LegName, rule_for
@@ -41,8 +42,9 @@ from gateway.metrics import GatewayMetrics
 from gateway.outage import Outage, RecoveryPlan
 from gateway.resume import ResumeState
 from gateway.sessionlog import SessionRecord, log_session
+from gateway.upstream import UpstreamConnection
 
-__all__ = ["Session", "SessionState", "Traffic"]
+__all__ = ["ClientReads", "Session", "SessionState", "Traffic"]
 
 logger = logging.getLogger("gateway.session")
 
@@ -67,6 +69,14 @@ class SessionState(enum.Enum):
     """After the first close, while the legs finish their closing handshakes."""
     CLOSED = "closed"
     """Both transports are gone; counted and logged."""
+
+
+class ClientReads(Protocol):
+    """The client connection as the session starts reading it (:class:`gateway.http.ClientConnection`)."""
+
+    def relay(self, feed: Callable[[bytes], None], on_lost: Callable[[], None]) -> None:
+        """Hand every read to ``feed`` from now on; tell ``on_lost`` when the connection is gone."""
+        ...
 
 
 _IN_OUTAGE: Final = frozenset({SessionState.RECONNECTING, SessionState.REPLAY_PENDING})
@@ -210,6 +220,16 @@ class Session:
         upstream.out = self.client.sender if self.resume is None else self.resume.tap
         if self.outage is not None:
             upstream.pong_listener = self.outage.confirmations
+
+    def read_upstream(self, connection: UpstreamConnection) -> None:
+        """Hand the upstream connection's reads (those that came with its handshake first) to the upstream leg."""
+        upstream = self.upstream
+        connection.protocol.attach(upstream.scanner.feed, upstream.transport_lost, connection.first_bytes)
+
+    def read_client(self, connection: ClientReads) -> None:
+        """Hand the client connection's reads to the client leg (after :meth:`attach` or a splice)."""
+        client = self.client
+        connection.relay(client.scanner.feed, client.transport_lost)
 
     def _send_confirmation(self, payload: bytes) -> None:
         self.upstream.send_ping(payload)
@@ -428,7 +448,7 @@ class Session:
             self.client.recent[:] = replay.data[replay.whole:]
         self.client.recent_too_large = False
         self._set_state(SessionState.OPEN)
-        protocol.attach(upstream.scanner.feed, upstream.transport_lost, connection.first_bytes)
+        self.read_upstream(connection)
         upstream.schedule_ping()
         self.outage.confirmations.restart()
 
