@@ -27,6 +27,7 @@ from gateway.core.closing import Close, ClosingHandshake, LegState, Role
 from gateway.core.codec import Opcode, build_frame
 from gateway.core.compression import DeflateAgreement
 from gateway.core.config import LegConfig
+from gateway.core.counts import DirectionCounts
 from gateway.core.deflate import Deflater
 from gateway.core.inflate import Inflater
 from gateway.core.scanner import FrameScanner, MessagePositions, ScannerSink
@@ -145,6 +146,9 @@ class Leg:
         config: this leg's settings.
         close_timeout: seconds a closing handshake (or the TCP close after it) may take.
         scanner_limits: the other leg's settings: its limits apply to what this peer sends.
+        from_peer: the session's counts of the direction this peer sends (its scanner and inflater
+            write them); to_peer: of the direction towards this peer (its deflater writes them).
+            The session's own objects, so a leg that replaces another counts on where it left off.
         compression: the client leg's permessage-deflate agreement, if one was made: this peer's
             compressed messages are inflated before they go on, and data for it is deflated.
     """
@@ -190,6 +194,8 @@ class Leg:
         config: LegConfig,
         close_timeout: float,
         scanner_limits: LegConfig,
+        from_peer: DirectionCounts,
+        to_peer: DirectionCounts,
         compression: DeflateAgreement | None = None,
     ) -> None:
         self.name = name
@@ -207,13 +213,14 @@ class Leg:
         """Client leg with compression agreed: inflates this peer's compressed messages."""
         if compression is not None:
             sink = self.inflater = Inflater(self, compression, scanner_limits.max_message_size,
-                                            scanner_limits.max_frame_size, FAST_MASK)
+                                            scanner_limits.max_frame_size, FAST_MASK, from_peer)
         self.scanner = FrameScanner(
             sink,
             expect_masked=not self.masked,
             max_message_size=scanner_limits.max_message_size,
             max_frame_size=scanner_limits.max_frame_size,
             compressed=compression is not None,
+            counts=from_peer,
         )
         self.positions: MessagePositions = self.scanner
         """Message positions of the stream as forwarded (the inflater's, where inflating may wait)."""
@@ -222,7 +229,7 @@ class Leg:
             self.inflater.paused = self._reading_is_paused
             self.positions = self.inflater
         self.sender: DataOut = transport if compression is None else Deflater(transport, compression,
-                                                                              config.max_frame_size)
+                                                                              config.max_frame_size, to_peer)
         """Where the other leg writes data for this peer: the transport, or the deflater in front of it."""
         self.other: Leg = self
         self.out: DataOut = DROP
@@ -349,22 +356,13 @@ class Leg:
             if self.text_log is not None:
                 self.text_log.append(frame)
 
-    def carry_over(self, old: Leg) -> None:
-        """This client leg replaces ``old`` (a resume, docs/resume.md): the session keeps one message
-        numbering, one set of counts and its delivery bookkeeping across client connections."""
-        for name in ("messages", "payload_bytes", "fragmented_messages", "discarded_messages"):
-            setattr(self.scanner, name, getattr(old.scanner, name))
+    def continue_numbering(self, old: Leg) -> None:
+        """This client leg replaces ``old`` (a resume, docs/resume.md): its forwarded stream goes on
+        with ``old``'s message numbers. The scanner's numbers are the session's counts already (both
+        legs share them); an inflater counts the messages it handed on, so it starts where ``old``'s
+        forwarded stream stood."""
         if self.inflater is not None:
             self.inflater.complete_messages = old.positions.complete_messages
-            if old.inflater is not None:
-                for name in ("messages", "compressed_bytes", "inflated_bytes", "discarded_messages"):
-                    setattr(self.inflater, name, getattr(old.inflater, name))
-        if isinstance(self.sender, Deflater) and isinstance(old.sender, Deflater):
-            for name in ("messages", "compressed_bytes", "plain_bytes"):
-                setattr(self.sender, name, getattr(old.sender, name))
-        self.delivery = old.delivery  # pong_listener and text_log: ResumeState.attach_client
-        self.recent = bytearray() if old.recent is not None else None
-        self.retain_limit = old.retain_limit
 
     def send_close(self, close: Close) -> None:
         """Start (or answer) the closing handshake on this leg, then bound how long it may take."""
@@ -479,11 +477,6 @@ class Leg:
         self.scanner.discard_data()
         if self.inflater is not None:
             self.inflater.discard_data()
-
-    @property
-    def discarded_messages(self) -> int:
-        """Data messages from this peer not relayed because the session was closing."""
-        return self.scanner.discarded_messages + (self.inflater.discarded_messages if self.inflater else 0)
 
     def release(self) -> None:
         """The session is over: drop this leg's links to the session, the other leg and the scanner's

@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from gateway import __version__
 from gateway.core.closecodes import Cause, Initiator, code_label
 from gateway.core.closerules import LegName, known_series
+from gateway.core.counts import DirectionCounts
 from gateway.core.labels import (
     COMPRESSION_RESULTS,
     CONNECT_RESULTS,
@@ -53,20 +54,18 @@ RTT_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25
 class TrafficCounters(Protocol):
     """What a live session exposes to the scrape-time collector."""
 
-    def traffic(self) -> tuple[int, int, int, int, int, int]:
-        """(messages, bytes, fragmented) client->upstream, then upstream->client."""
+    @property
+    def to_upstream(self) -> DirectionCounts:
+        """What the client sent (direction ``client_to_upstream``)."""
+        ...
+
+    @property
+    def to_client(self) -> DirectionCounts:
+        """What the app sent (direction ``upstream_to_client``)."""
         ...
 
     def replay_state(self) -> tuple[int, int, bool]:
         """(messages buffered, bytes buffered, reconnecting now)."""
-        ...
-
-    def discarded(self) -> tuple[int, int]:
-        """Messages not relayed because they arrived after the session began to close, each way."""
-        ...
-
-    def compression(self) -> tuple[int, int, int, int, int, int]:
-        """(compressed messages, wire bytes, plain bytes) client->upstream, then upstream->client."""
         ...
 
 
@@ -77,35 +76,26 @@ class _TrafficCollector(Collector):
         self._owner = owner
 
     def collect(self) -> Iterator[Metric]:
-        totals = list(self._owner.folded_traffic)
-        discarded = list(self._owner.folded_discarded)
-        compression = list(self._owner.folded_compression)
-        for session in self._owner.live_sessions:
-            for index, value in enumerate(session.traffic()):
-                totals[index] += value
-            for index, value in enumerate(session.discarded()):
-                discarded[index] += value
-            for index, value in enumerate(session.compression()):
-                compression[index] += value
+        owner = self._owner
+        to_upstream, to_client = DirectionCounts(), DirectionCounts()
+        owner.folded_to_upstream.add_to(to_upstream)
+        owner.folded_to_client.add_to(to_client)
+        for session in owner.live_sessions:
+            session.to_upstream.add_to(to_upstream)
+            session.to_client.add_to(to_client)
         families = (
-            ("messages", "Data messages relayed, by direction.", 0),
-            ("payload_bytes", "Data-frame payload bytes relayed, by direction.", 1),
-            ("fragmented_messages", "Messages the gateway re-sent as RFC 6455 fragments, by direction.", 2),
+            ("messages", "Data messages relayed, by direction."),
+            ("payload_bytes", "Data-frame payload bytes relayed, by direction."),
+            ("fragmented_messages", "Messages the gateway re-sent as RFC 6455 fragments, by direction."),
+            ("discarded_messages",
+             "Data messages not relayed because they arrived after the session began to close, by direction."),
         )
-        for name, documentation, offset in families:
+        for name, documentation in families:
             family = CounterMetricFamily(f"{PREFIX}_{name}", documentation, labels=["direction"])
-            family.add_metric([DIRECTIONS[0]], totals[offset])
-            family.add_metric([DIRECTIONS[1]], totals[offset + 3])
+            family.add_metric([DIRECTIONS[0]], getattr(to_upstream, name))
+            family.add_metric([DIRECTIONS[1]], getattr(to_client, name))
             yield family
-        family = CounterMetricFamily(
-            f"{PREFIX}_discarded_messages",
-            "Data messages not relayed because they arrived after the session began to close, by direction.",
-            labels=["direction"],
-        )
-        family.add_metric([DIRECTIONS[0]], discarded[0])
-        family.add_metric([DIRECTIONS[1]], discarded[1])
-        yield family
-        yield from _compression_families(compression)
+        yield from _compression_families(to_upstream, to_client)
         gauge = GaugeMetricFamily(f"{PREFIX}_sessions_open", "Client sessions open now.")
         gauge.add_metric([], len(self._owner.live_sessions))
         yield gauge
@@ -125,7 +115,7 @@ class _TrafficCollector(Collector):
             yield replay_gauge
 
 
-def _compression_families(totals: list[int]) -> Iterator[Metric]:
+def _compression_families(to_upstream: DirectionCounts, to_client: DirectionCounts) -> Iterator[Metric]:
     """permessage-deflate on the client leg: compressed messages, and their payload bytes on the
     client's wire and as the app sends or receives them (the ratio is what compression saves)."""
     messages = CounterMetricFamily(f"{PREFIX}_compressed_messages",
@@ -136,10 +126,10 @@ def _compression_families(totals: list[int]) -> Iterator[Metric]:
                                   "Payload bytes of compressed messages, by direction and form: wire (compressed, "
                                   "on the client leg) or plain (as the app sends or receives them).",
                                   labels=["direction", "form"])
-    for offset, direction in ((0, DIRECTIONS[0]), (3, DIRECTIONS[1])):
-        messages.add_metric([direction], totals[offset])
-        payload.add_metric([direction, "wire"], totals[offset + 1])
-        payload.add_metric([direction, "plain"], totals[offset + 2])
+    for direction, counts in ((DIRECTIONS[0], to_upstream), (DIRECTIONS[1], to_client)):
+        messages.add_metric([direction], counts.compressed_messages)
+        payload.add_metric([direction, "wire"], counts.compressed_bytes)
+        payload.add_metric([direction, "plain"], counts.plain_bytes)
     yield messages
     yield payload
 
@@ -150,9 +140,9 @@ class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self.live_sessions: set[TrafficCounters] = set()
-        self.folded_traffic = [0, 0, 0, 0, 0, 0]
-        self.folded_discarded = [0, 0]
-        self.folded_compression = [0, 0, 0, 0, 0, 0]
+        self.folded_to_upstream = DirectionCounts()
+        """Counts of finished sessions (the collector adds the live ones')."""
+        self.folded_to_client = DirectionCounts()
         self._sessions = Counter(f"{PREFIX}_sessions", "Client sessions accepted (upgraded).", registry=registry)
         self._closes = Counter(
             f"{PREFIX}_closes",
@@ -300,12 +290,8 @@ class GatewayMetrics:
             legs: ``(leg, code, initiator, cause)`` for each leg that was open.
         """
         self.live_sessions.discard(session)
-        for index, value in enumerate(session.traffic()):
-            self.folded_traffic[index] += value
-        for index, value in enumerate(session.discarded()):
-            self.folded_discarded[index] += value
-        for index, value in enumerate(session.compression()):
-            self.folded_compression[index] += value
+        session.to_upstream.add_to(self.folded_to_upstream)
+        session.to_client.add_to(self.folded_to_client)
         children = self._close_children
         for leg, code, initiator, cause in legs:
             key = (leg, code, initiator, cause)

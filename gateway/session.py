@@ -23,7 +23,6 @@ import enum
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Final, Protocol
 
 from gateway.core.closecodes import Cause, CloseCode, Initiator
@@ -31,7 +30,7 @@ from gateway.core.closerules import CloseRule, Event, From, LegName, rule_for
 from gateway.core.closing import Close
 from gateway.core.compression import DeflateAgreement
 from gateway.core.config import ClientConfig, UpstreamConfig
-from gateway.core.deflate import compression_counts
+from gateway.core.counts import DirectionCounts
 from gateway.core.delivery import DeliveryMode, Ledger
 from gateway.core.outage import LossCause
 from gateway.core.targets import Target
@@ -44,7 +43,7 @@ from gateway.resume import ResumeState
 from gateway.sessionlog import SessionRecord, log_session
 from gateway.upstream import UpstreamConnection
 
-__all__ = ["ClientReads", "Session", "SessionState", "Traffic"]
+__all__ = ["ClientReads", "Session", "SessionState"]
 
 logger = logging.getLogger("gateway.session")
 
@@ -83,16 +82,6 @@ _IN_OUTAGE: Final = frozenset({SessionState.RECONNECTING, SessionState.REPLAY_PE
 _TAKES_CLIENT: Final = frozenset({SessionState.OPEN, SessionState.CLIENT_AWAY})
 
 
-@dataclass(slots=True)
-class Traffic:
-    """Upstream-to-client counts of upstream legs that reconnection replaced."""
-
-    messages: int = 0
-    payload_bytes: int = 0
-    fragmented_messages: int = 0
-    discarded_messages: int = 0
-
-
 class Session:
     """Both legs of one client connection and the rules that tie their closes together.
 
@@ -118,11 +107,12 @@ class Session:
         "outage",
         "path",
         "resume",
-        "retired",
         "session_id",
         "started",
         "state",
         "target",
+        "to_client",
+        "to_upstream",
         "upstream",
         "upstream_config",
     )
@@ -155,7 +145,11 @@ class Session:
         """Set at attach when reconnection is enabled: an upstream loss replaces the leg instead of closing."""
         self.target: Target | None = None
         """The upstream target this session is on (the server moves it on reconnect)."""
-        self.retired = Traffic()
+        self.to_upstream = DirectionCounts()
+        """What the client sent, for the session's life: every client leg's parsers write here."""
+        self.to_client = DirectionCounts()
+        """What the app sent, for the session's life: every upstream leg's scanner (and the client
+        leg's deflater) write here, so a replaced upstream's counts need no copying."""
         self.resume: ResumeState | None = None
         """Set for a resumable client (docs/resume.md): it may drop and be spliced back in."""
 
@@ -170,15 +164,7 @@ class Session:
         recovery: RecoveryPlan | None = None) -> None:
         """Bind both transports (with the client's compression agreement and, if reconnection is
         enabled, how to replace the upstream), start keepalive, count it open."""
-        self.client = Leg(
-            LegName.CLIENT,
-            self,
-            client_transport,
-            client_flow,
-            self.client_config,
-            self.client_config.close_timeout,
-            scanner_limits=self.upstream_config, compression=compression,
-        )
+        self.client = self._new_client_leg(client_transport, client_flow, compression)
         if recovery is not None:
             config = recovery.config
             ledger = Ledger(keep_bytes=config.delivery is DeliveryMode.AT_LEAST_ONCE, limit=config.buffer_bytes,
@@ -187,11 +173,7 @@ class Session:
                                           self._send_confirmation, self._hear_writes)
             self.outage = Outage(recovery, confirmations, self, self.metrics, self.session_id)
             self.client.delivery = confirmations
-            if not ledger.keeps_bytes:
-                # at_most_once keeps only the start of a message in progress (re-sent whole after an
-                # outage: the old upstream never had all of it); at_least_once's ledger keeps more.
-                self.client.retain_limit = config.buffer_bytes
-                self.client.recent = bytearray()
+            self._keep_message_starts(self.client)
         if self.resume is not None:
             self.resume.attach_client(self.client)
         self._pair(self._new_upstream_leg(upstream_transport, upstream_flow))
@@ -199,16 +181,23 @@ class Session:
         self.client.schedule_ping()
         self.upstream.schedule_ping()
 
+    def _new_client_leg(self, transport: asyncio.Transport, flow: WriteFlow,
+                        compression: DeflateAgreement | None) -> Leg:
+        return Leg(LegName.CLIENT, self, transport, flow, self.client_config, self.client_config.close_timeout,
+                   scanner_limits=self.upstream_config, from_peer=self.to_upstream, to_peer=self.to_client,
+                   compression=compression)
+
+    def _keep_message_starts(self, client: Leg) -> None:
+        """at_most_once keeps only the start of a message in progress (re-sent whole after an
+        outage: the old upstream never had all of it); at_least_once's ledger keeps more."""
+        outage = self.outage
+        if outage is not None and not outage.confirmations.ledger.keeps_bytes:
+            client.retain_limit = outage.plan.config.buffer_bytes
+            client.recent = bytearray()
+
     def _new_upstream_leg(self, transport: asyncio.Transport, flow: WriteFlow) -> Leg:
-        return Leg(
-            LegName.UPSTREAM,
-            self,
-            transport,
-            flow,
-            self.upstream_config,
-            self.client_config.close_timeout,
-            scanner_limits=self.client_config,
-        )
+        return Leg(LegName.UPSTREAM, self, transport, flow, self.upstream_config, self.client_config.close_timeout,
+                   scanner_limits=self.client_config, from_peer=self.to_client, to_peer=self.to_upstream)
 
     def _pair(self, upstream: Leg) -> None:
         """Make ``upstream`` the session's upstream leg and connect the data paths both ways."""
@@ -242,28 +231,7 @@ class Session:
         logger.debug("session %s: %s -> %s", self.session_id, self.state.value, state.value)
         self.state = state
 
-    # --- what the collector reads ---------------------------------------------------------
-    def traffic(self) -> tuple[int, int, int, int, int, int]:
-        """Per-direction integers for the scrape-time collector."""
-        up, down, retired = self.client.scanner, self.upstream.scanner, self.retired
-        return (
-            up.messages,
-            up.payload_bytes,
-            up.fragmented_messages,
-            down.messages + retired.messages,
-            down.payload_bytes + retired.payload_bytes,
-            down.fragmented_messages + retired.fragmented_messages,
-        )
-
-    def compression(self) -> tuple[int, int, int, int, int, int]:
-        """permessage-deflate counts for the collector (:func:`gateway.core.deflate.compression_counts`)."""
-        return compression_counts(self.client.inflater, self.client.sender)
-    def discarded(self) -> tuple[int, int]:
-        """Messages each way that arrived after the session began to close (not relayed)."""
-        return self.client.discarded_messages, (
-            self.upstream.scanner.discarded_messages + self.retired.discarded_messages
-        )
-
+    # --- what the collector reads (besides to_upstream and to_client) -----------------------
     def replay_state(self) -> tuple[int, int, bool]:
         """Replay buffer use for the collector."""
         return self.outage.buffered() if self.outage is not None else (0, 0, False)
@@ -430,11 +398,6 @@ class Session:
         replay = self.outage.replay(self.client)
         connection = replay.connection
         retired_leg = self.upstream
-        old = retired_leg.scanner
-        self.retired.messages += old.messages
-        self.retired.payload_bytes += old.payload_bytes
-        self.retired.fragmented_messages += old.fragmented_messages
-        self.retired.discarded_messages += old.discarded_messages
         protocol = connection.protocol
         upstream = self._new_upstream_leg(connection.transport, protocol.write_flow())
         if replay.data:
@@ -481,9 +444,10 @@ class Session:
         if resume is None or frames is None:
             return False
         old = self.client
-        new = Leg(LegName.CLIENT, self, transport, flow, self.client_config, self.client_config.close_timeout,
-                  scanner_limits=self.upstream_config, compression=compression)
-        new.carry_over(old)
+        new = self._new_client_leg(transport, flow, compression)
+        new.continue_numbering(old)
+        new.delivery = old.delivery  # pong_listener and text_log: ResumeState.took_over
+        self._keep_message_starts(new)
         new.other, new.out, self.upstream.other = self.upstream, old.out, new
         self.client = new
         if self.outage is not None:
@@ -529,11 +493,11 @@ class Session:
                 initiator=initiator.value,
                 cause=cause.value,
                 duration=time.monotonic() - self.started,
-                messages_in=client.scanner.messages,
-                bytes_in=client.scanner.payload_bytes,
-                messages_out=upstream.scanner.messages + self.retired.messages,
-                bytes_out=upstream.scanner.payload_bytes + self.retired.payload_bytes,
-                discarded=sum(self.discarded()),
+                messages_in=self.to_upstream.messages,
+                bytes_in=self.to_upstream.payload_bytes,
+                messages_out=self.to_client.messages,
+                bytes_out=self.to_client.payload_bytes,
+                discarded=self.to_upstream.discarded_messages + self.to_client.discarded_messages,
                 reconnects=stats.reconnects if stats else 0,
                 outage_seconds=stats.outage_seconds if stats else 0.0,
                 lost_messages=stats.lost_messages if stats else 0,

@@ -717,9 +717,9 @@ def check_scanner(case: Case) -> Expected:
     assert sink.writes_after_end == 0, "data forwarded after a violation or a close"
     assert sink.events_after_stop == 0, "events reported after the scanner stopped"
     assert scanner.mode.name.lower() == exp.mode, f"mode {scanner.mode.name} != {exp.mode}"
-    counted = (scanner.messages - exp.messages_count, scanner.payload_bytes - exp.payload_bytes)
+    counted = (scanner.counts.messages - exp.messages_count, scanner.counts.payload_bytes - exp.payload_bytes)
     assert counted in ((0, 0), exp.pending), f"counters off by {counted} (may be {exp.pending})"
-    counters = (scanner.fragmented_messages, scanner.discarded_messages)
+    counters = (scanner.counts.fragmented_messages, scanner.counts.discarded_messages)
     assert counters == (exp.fragmented, exp.discarded), f"(fragmented, discarded) {counters} != model's"
     return exp
 

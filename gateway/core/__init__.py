@@ -4,6 +4,7 @@ Modules: :mod:`~gateway.core.codec` (frame encoding and masking), :mod:`~gateway
 (the frame-level relay walker), :mod:`~gateway.core.closecodes` and
 :mod:`~gateway.core.closerules` (close codes, and the close table as data),
 :mod:`~gateway.core.closing` (one leg's closing handshake),
+:mod:`~gateway.core.counts` (what one direction of a session carried),
 :mod:`~gateway.core.handshake` (the upstream upgrade request and response),
 :mod:`~gateway.core.upgrade` (strict checks of a client's upgrade request),
 :mod:`~gateway.core.forwarding` (which headers go upstream),

@@ -15,9 +15,9 @@ from typing import Final, Protocol
 
 from gateway.core.codec import build_header, read_header
 from gateway.core.compression import DeflateAgreement
-from gateway.core.inflate import Inflater
+from gateway.core.counts import DirectionCounts
 
-__all__ = ["Deflater", "FrameWriter", "compression_counts"]
+__all__ = ["Deflater", "FrameWriter"]
 
 _LEVEL: Final = 6
 """zlib's default compression level (what uvicorn's websockets uses)."""
@@ -49,12 +49,14 @@ class Deflater:
         transport: the client's transport.
         agreement: what was negotiated.
         max_frame_size: largest frame written to the client (``client.max_frame_size``).
+        counts: the session's upstream-to-client counts (a fresh one if not given).
     """
 
     __slots__ = ("_can_compress", "_compressing", "_encoder", "_flush", "_max_frame", "_mem_level",
-                 "_min_size", "_opened", "_wbits", "compressed_bytes", "messages", "plain_bytes", "transport")
+                 "_min_size", "_opened", "_wbits", "counts", "transport")
 
-    def __init__(self, transport: FrameWriter, agreement: DeflateAgreement, max_frame_size: int) -> None:
+    def __init__(self, transport: FrameWriter, agreement: DeflateAgreement, max_frame_size: int,
+                 counts: DirectionCounts | None = None) -> None:
         self.transport = transport
         self._can_compress = agreement.compresses
         self._wbits = -agreement.server_max_window_bits
@@ -66,12 +68,10 @@ class Deflater:
         """Created at the first message compressed: idle sessions hold no zlib state."""
         self._compressing = False
         self._opened = False
-        self.messages = 0
-        """Messages sent compressed."""
-        self.plain_bytes = 0
-        """Their payload bytes before compression."""
-        self.compressed_bytes = 0
-        """... and on the wire."""
+        self.counts = counts if counts is not None else DirectionCounts()
+        """The upstream-to-client counts (the session's): written here are ``compressed_messages``
+        (messages sent compressed), their ``plain_bytes`` before compression and
+        ``compressed_bytes`` on the wire."""
 
     def write(self, data: bytes) -> None:
         """Whole frames from the app (valid, unmasked; control frames never come this way)."""
@@ -118,10 +118,11 @@ class Deflater:
         if fin:
             out += encoder.flush(self._flush)
             out = out[:-4]  # the sync flush's 00 00 ff ff (RFC 7692 7.2.1)
-            self.messages += 1
             self._compressing = False
-        self.plain_bytes += len(payload)
-        self.compressed_bytes += len(out)
+            self.counts.compressed_messages += 1
+        counts = self.counts
+        counts.plain_bytes += len(payload)
+        counts.compressed_bytes += len(out)
         if not out and not fin and self._opened:
             return  # nothing new to send yet; the message's first frame is out
         pos, end = 0, len(out)
@@ -135,15 +136,3 @@ class Deflater:
             pos += piece
             if last:
                 break
-
-
-_NO_COMPRESSION: Final = (0, 0, 0, 0, 0, 0)
-
-
-def compression_counts(inflater: Inflater | None, sender: object) -> tuple[int, int, int, int, int, int]:
-    """(messages, wire bytes, plain bytes) of compressed messages client->upstream, then
-    upstream->client, for a client leg's inflater and sender; zeros for an uncompressed session."""
-    if inflater is None or not isinstance(sender, Deflater):
-        return _NO_COMPRESSION
-    return (inflater.messages, inflater.compressed_bytes, inflater.inflated_bytes,
-            sender.messages, sender.compressed_bytes, sender.plain_bytes)

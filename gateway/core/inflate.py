@@ -37,6 +37,7 @@ from typing import Any, Final
 from gateway.core.closecodes import CloseCode
 from gateway.core.codec import build_header, mask_payload, read_header
 from gateway.core.compression import DeflateAgreement
+from gateway.core.counts import DirectionCounts
 from gateway.core.scanner import DETACHED_SINK, FrameScanner, ScanMode, ScannerSink
 
 __all__ = ["FLUSH_BYTES", "TAIL", "Inflater"]
@@ -75,15 +76,16 @@ class Inflater:
         mask: XORs a payload with a masking key (both ways of every compressed frame): the core's
             :func:`~gateway.core.codec.mask_payload` unless the caller has a faster one
             (``gateway.masking``).
+        counts: the session's client-to-upstream counts (a fresh one if not given).
     """
 
     __slots__ = ("_decoder", "_forwarded_size", "_inflating", "_input", "_input_fin", "_mask", "_max_frame",
                  "_max_message", "_opcode", "_opened", "_queue", "_refusing", "_reset", "_size", "_wbits",
-                 "complete_messages", "compressed_bytes", "discarded_messages", "in_message", "inflated_bytes",
-                 "inner", "messages", "paused", "scanner")
+                 "complete_messages", "counts", "in_message", "inner", "paused", "scanner")
 
     def __init__(self, inner: ScannerSink, agreement: DeflateAgreement, max_message_size: int,
-                 max_frame_size: int, mask: Callable[[bytes, bytes], bytes] = mask_payload) -> None:
+                 max_frame_size: int, mask: Callable[[bytes, bytes], bytes] = mask_payload,
+                 counts: DirectionCounts | None = None) -> None:
         self.inner: ScannerSink = inner
         self._mask = mask
         self.scanner: FrameScanner | None = None
@@ -107,14 +109,11 @@ class Inflater:
         self._opened = False
         self._opcode = 0
         self._size = 0
-        self.messages = 0
-        """Compressed messages inflated."""
-        self.compressed_bytes = 0
-        """Their payload bytes as the client sent them."""
-        self.inflated_bytes = 0
-        """Their payload bytes after inflating."""
-        self.discarded_messages = 0
-        """Messages that were waiting here when the session began to close (not relayed)."""
+        self.counts = counts if counts is not None else DirectionCounts()
+        """The client-to-upstream counts (the session's): written here are ``compressed_messages``
+        (compressed messages inflated), their ``compressed_bytes`` as the client sent them and
+        ``plain_bytes`` after inflating, and ``discarded_messages`` for messages that were waiting
+        here when the session began to close (not relayed)."""
         # Positions of the stream as forwarded to the app.
         self.complete_messages = 0
         """Messages whose last frame has been handed to the leg."""
@@ -196,7 +195,7 @@ class Inflater:
                     if state == _PAUSED and frame_end < end:
                         self._enqueue((_DATA, data, frame_end, None), first=True)
                     elif state == _REFUSED:
-                        self.discarded_messages += _count_final_frames(data, frame_end)  # after the refused one
+                        self.counts.discarded_messages += _count_final_frames(data, frame_end)  # after the refused one
                     return
             else:
                 self._passed(b0, length)
@@ -219,7 +218,7 @@ class Inflater:
         if self._decoder is None:
             self._decoder = zlib.decompressobj(wbits=self._wbits)
         data = self._mask(key, payload) if payload else b""
-        self.compressed_bytes += len(payload)
+        self.counts.compressed_bytes += len(payload)
         self._input_fin = bool(b0 & 0x80)
         self._input = data + TAIL if self._input_fin else data
 
@@ -277,8 +276,9 @@ class Inflater:
                 return self._refuse(parts, CloseCode.INVALID_DATA, "compressed data after the final deflate block")
         if fin:
             self._inflating = False
-            self.messages += 1
-            self.inflated_bytes += self._size
+            counts = self.counts
+            counts.compressed_messages += 1
+            counts.plain_bytes += self._size
             if self._reset:
                 self._decoder = None  # client_no_context_takeover: nothing to keep between messages
         if gathered >= FLUSH_BYTES and self._flush(parts):
@@ -314,9 +314,9 @@ class Inflater:
             return
         for kind, first, second, _ in self._queue:
             if kind == _DATA:
-                self.discarded_messages += _count_final_frames(first, second)
+                self.counts.discarded_messages += _count_final_frames(first, second)
             elif kind == _FRAGMENT:
-                self.discarded_messages += first[0] >> 7
+                self.counts.discarded_messages += first[0] >> 7
         self._queue = deque(item for item in self._queue if item[0] >= _CLOSE)
 
     def _enqueue(self, item: _Waiting, first: bool = False) -> None:
@@ -351,7 +351,7 @@ class Inflater:
     def discard_data(self) -> None:
         """The session is closing: drop the data still waiting (counted), keep closes and violations."""
         if self._input is not None and self._input_fin:
-            self.discarded_messages += 1
+            self.counts.discarded_messages += 1
         self._input = None
         self._inflating = False
         self._drop_queued_data()

@@ -19,7 +19,7 @@ Three modes, changed only in :meth:`FrameScanner._set_mode`:
 
 * ``RELAY``: data is forwarded, rules are checked;
 * ``DISCARD``: after a violation, or once the session is closing, data frames
-  are skipped (counted in ``discarded_messages``) while control frames are
+  are skipped (counted in the counts' ``discarded_messages``) while control frames are
   still read, so the peer's close reply is seen (RFC 6455 7.1.1);
 * ``STOPPED``: the peer's close arrived, or its bytes can no longer be framed.
 
@@ -44,6 +44,7 @@ from gateway.core.codec import (
     parse_close_payload,
     read_header,
 )
+from gateway.core.counts import DirectionCounts
 
 __all__ = ["DETACHED_SINK", "FrameScanner", "MessagePositions", "ScanMode", "ScannerSink"]
 
@@ -144,6 +145,9 @@ class FrameScanner:
         compressed: permessage-deflate was negotiated with this peer (RFC 7692): RSV1 is allowed
             on the first frame of a data message (and kept when the frame is re-headed), never on
             a continuation or control frame. The sink inflates; the scanner only walks frames.
+        counts: where this direction's message, byte, fragmenting and discard counts go (the
+            session's, kept across replaced connections; a fresh one if not given). Its
+            ``messages`` also numbers the messages for :attr:`complete_messages`.
     """
 
     __slots__ = (
@@ -172,10 +176,7 @@ class FrameScanner:
         "_split_opcode",
         "_split_rsv1",
         "_tail",
-        "discarded_messages",
-        "fragmented_messages",
-        "messages",
-        "payload_bytes",
+        "counts",
     )
 
     def __init__(
@@ -186,6 +187,7 @@ class FrameScanner:
         max_message_size: int,
         max_frame_size: int,
         compressed: bool = False,
+        counts: DirectionCounts | None = None,
     ) -> None:
         self._sink = sink
         self._rsv1_allowed = compressed
@@ -215,14 +217,10 @@ class FrameScanner:
         self._mask_bit = 0x80 if expect_masked else 0x00
         self._small_header = 6 if expect_masked else 2
         self._fast_limit = min(_SMALL_FRAME, max_message_size, max_frame_size)
-        self.messages = 0
-        """Complete data messages forwarded."""
-        self.payload_bytes = 0
-        """Data-frame payload bytes forwarded."""
-        self.fragmented_messages = 0
-        """Messages this scanner re-emitted as fragments because a frame passed the destination's limit."""
-        self.discarded_messages = 0
-        """Messages skipped in ``DISCARD`` mode: sent by the peer after the session began to close."""
+        self.counts = counts if counts is not None else DirectionCounts()
+        """Written here: ``messages`` (complete data messages forwarded), ``payload_bytes``,
+        ``fragmented_messages`` (re-emitted as fragments for the destination's frame limit) and
+        ``discarded_messages`` (skipped in ``DISCARD`` mode: sent after the session began to close)."""
 
     @property
     def mode(self) -> ScanMode:
@@ -250,14 +248,14 @@ class FrameScanner:
         """Messages whose last byte has been handed on (``messages`` counts one at its last frame's
         header, which for a re-headed frame is before its payload)."""
         if self._split and self._remaining and self._split_fin:
-            return self.messages - 1
-        return self.messages
+            return self.counts.messages - 1
+        return self.counts.messages
 
     @property
     def last_message_size(self) -> int:
         """Payload size of the message in progress (as its frame headers declared so far), or of the
         last message; 0 for a last message small enough for the fast path (125 bytes at most)."""
-        if self._in_message or (self._split and self._remaining) or self._sized_message == self.messages:
+        if self._in_message or (self._split and self._remaining) or self._sized_message == self.counts.messages:
             return self._message_size
         return 0
 
@@ -296,6 +294,7 @@ class FrameScanner:
         pos = 0
         span = 0
         """Start of the whole frames not yet handed to the sink."""
+        counts = self.counts
         while pos < end:
             if self._remaining:
                 pos = span = self._continue_frame(data, pos, end)
@@ -317,8 +316,8 @@ class FrameScanner:
                     if frame_end > end:
                         self._tail = data[pos:]  # at most 131 bytes: wait for the rest of the frame
                         break
-                    self.messages += 1
-                    self.payload_bytes += b1 & 0x7F
+                    counts.messages += 1
+                    counts.payload_bytes += b1 & 0x7F
                     pos = frame_end
                     continue
                 pos, span = self._frame(data, pos, span, end)
@@ -391,12 +390,13 @@ class FrameScanner:
             self._message_size = 0
             self._message_split = False
         self._message_size += length
-        self.payload_bytes += length
+        counts = self.counts
+        counts.payload_bytes += length
         fin = bool(b0 & 0x80)
         if fin:
             self._in_message = False
-            self.messages += 1
-            self._sized_message = self.messages
+            counts.messages += 1
+            self._sized_message = counts.messages
         else:
             self._in_message = True
         if whole:
@@ -404,7 +404,7 @@ class FrameScanner:
         # Not all here, or over the destination's limit: re-emit it in whole fragments.
         if length > self._max_frame and not self._message_split:
             self._message_split = True
-            self.fragmented_messages += 1
+            counts.fragmented_messages += 1
         self._split = True
         self._split_fin = fin
         self._split_opcode = opcode
@@ -560,7 +560,7 @@ class FrameScanner:
                     if self._control_opcode >= 0:
                         self._finish_control()
                     elif self._skip_fin:
-                        self.discarded_messages += 1
+                        self.counts.discarded_messages += 1
                 continue
             if end - pos < 2:
                 self._tail = data[pos:]
@@ -593,4 +593,4 @@ class FrameScanner:
             else:
                 self._skip_fin = bool(b0 & 0x80)
                 if not length and self._skip_fin:
-                    self.discarded_messages += 1
+                    self.counts.discarded_messages += 1

@@ -156,3 +156,42 @@ async def test_an_upstream_loss_while_the_client_is_away_ends_the_session_withou
     assert h.session.state is SessionState.CLOSED
     await idle()
     assert attempts == [] and resume_results(h, "expired") == 0
+
+
+def compressed(h: Harness, direction: str, form: str | None = None) -> float:
+    """compressed_messages_total for ``direction``, or compressed_payload_bytes_total in ``form``."""
+    if form is None:
+        return h.registry.get_sample_value("ws_gateway_compressed_messages_total", {"direction": direction}) or 0.0
+    labels = {"direction": direction, "form": form}
+    return h.registry.get_sample_value("ws_gateway_compressed_payload_bytes_total", labels) or 0.0
+
+
+async def test_counts_go_on_across_a_resume_that_agrees_compression_differently() -> None:
+    """The session owns its counts: a client that compressed, dropped and resumed without compression
+    keeps the compressed messages counted (a counter never goes back), and its messages go on being
+    numbered where the first connection left off."""
+    from gateway.core.compression import negotiate
+    from tests.unit.core.test_inflate import client_compressed
+
+    h = open_session({"resume": {"grace": f"{GRACE:g}s"}})
+    agreement = negotiate("permessage-deflate", h.config.client.compression)
+    assert agreement is not None
+    h.session.resume = ResumeState(h.config.resume, {}, h.session, MARKER)
+    h.session.resume.issue_token()
+    h.session.attach(h.client, h.client_flow, h.upstream, h.upstream_flow,  # type: ignore[arg-type]
+                     compression=agreement)
+    h.from_client(client_compressed([b"hello " * 20, b"again " * 20]))
+    app_says(h, b"from the app " * 20)
+    before = {key: compressed(h, *key) for key in (
+        ("client_to_upstream",), ("upstream_to_client",), ("client_to_upstream", "wire"),
+        ("client_to_upstream", "plain"), ("upstream_to_client", "wire"), ("upstream_to_client", "plain"))}
+    assert before[("client_to_upstream",)] == 2 and before[("upstream_to_client",)] == 1
+    assert before[("client_to_upstream", "plain")] == 240 and before[("upstream_to_client", "plain")] == 260
+    h.session.client.transport_lost()
+    new = FakeTransport("resumed client, no compression")
+    assert h.session.splice_client(new, FakeFlow(), None, 1)  # type: ignore[arg-type]
+    assert h.session.client.positions.complete_messages == 2, "numbering goes on after the two messages"
+    h.from_client(client_frame(Opcode.TEXT, b"plain now"))
+    assert h.session.client.positions.complete_messages == 3
+    assert {key: compressed(h, *key) for key in before} == before
+    assert h.registry.get_sample_value("ws_gateway_messages_total", {"direction": "client_to_upstream"}) == 3

@@ -153,7 +153,7 @@ async def test_no_data_frame_after_the_gateways_close() -> None:
     h.from_client(close_frame(1000))
     h.from_upstream(h.app_frame(Opcode.TEXT, b"late echo"))
     assert [op for _, op, _ in h.client.frames()] == [Opcode.CLOSE]
-    assert h.session.discarded() == (0, 1)
+    assert (h.session.to_upstream.discarded_messages, h.session.to_client.discarded_messages) == (0, 1)
 
 
 async def test_close_timeout_aborts_a_peer_that_never_answers() -> None:
@@ -295,6 +295,37 @@ async def test_upstream_loss_holds_the_client_and_replays_in_order() -> None:
     assert bytes(new.written) == one + two
     h.from_client(client_frame(Opcode.TEXT, b"three"))
     assert [p for _, _, p in new.frames()] == [b"one", b"two", b"three"]
+
+
+def relayed(h: Harness, name: str, direction: str) -> float:
+    return h.registry.get_sample_value(f"ws_gateway_{name}_total", {"direction": direction}) or 0.0
+
+
+async def test_counts_go_on_across_a_replaced_upstream() -> None:
+    """A session's counts are its own, not a connection's: the app's messages before and after a reconnect
+    are all counted, while the session lives and once it is over (each counted once)."""
+    h = open_session({"reconnect": {"enabled": True}})
+    new = FakeTransport("new upstream")
+
+    async def reopen(attempt: int) -> UpstreamConnection:
+        protocol = UpstreamProtocol()
+        protocol.connection_made(new)  # type: ignore[arg-type]
+        return UpstreamConnection(new, protocol, None, b"")  # type: ignore[arg-type]
+
+    with_recovery(h, reopen)
+    h.from_upstream(h.app_frame(Opcode.TEXT, b"one") + h.app_frame(Opcode.TEXT, b"two"))
+    h.from_client(client_frame(Opcode.TEXT, b"hi"))
+    h.session.upstream.transport_lost()
+    await idle()
+    assert h.session.state is SessionState.OPEN and h.session.upstream.transport is new
+    h.from_upstream(h.app_frame(Opcode.TEXT, b"three"))
+    expected = {("messages", "upstream_to_client"): 3, ("payload_bytes", "upstream_to_client"): 11,
+                ("messages", "client_to_upstream"): 1, ("payload_bytes", "client_to_upstream"): 2}
+    assert {key: relayed(h, *key) for key in expected} == expected, "while the session lives"
+    h.from_client(close_frame(1000))
+    finish_legs(h)
+    assert h.session.state is SessionState.CLOSED
+    assert {key: relayed(h, *key) for key in expected} == expected, "folded once the session is over"
 
 
 async def test_outage_that_never_ends_gives_the_client_1013() -> None:

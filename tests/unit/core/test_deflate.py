@@ -66,7 +66,7 @@ def test_deflater_output_inflates_with_zlib_rsv1_on_first_frames_only(takeover: 
             if not takeover:
                 decoder = zlib.decompressobj(-12)  # each message stands alone
     assert out == [*messages, b"abcdef"]
-    assert deflater.messages == 6 and deflater.compressed_bytes < deflater.plain_bytes
+    assert deflater.counts.compressed_messages == 6 and deflater.counts.compressed_bytes < deflater.counts.plain_bytes
 
 
 def test_min_size_sends_small_single_frame_messages_uncompressed() -> None:
@@ -76,4 +76,4 @@ def test_min_size_sends_small_single_frame_messages_uncompressed() -> None:
     writer = _Writer()
     deflater = Deflater(writer, agreement, 1 << 20)
     deflater.write(b"\x81\x05small")
-    assert writer.data == b"\x81\x05small" and deflater.messages == 0
+    assert writer.data == b"\x81\x05small" and deflater.counts.compressed_messages == 0

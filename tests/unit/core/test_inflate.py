@@ -153,7 +153,7 @@ def test_messages_after_a_refused_one_are_counted_as_discarded(paused: bool) -> 
         app.drain()
         inflater.resume()
     assert [v[0] for v in app.violations] == [CloseCode.MESSAGE_TOO_BIG]
-    assert inflater.discarded_messages == 2 and b"one" not in app.out
+    assert inflater.counts.discarded_messages == 2 and b"one" not in app.out
 
 
 def test_a_refusal_found_after_the_clients_close_was_read_still_reaches_the_leg_first() -> None:
@@ -179,7 +179,7 @@ def test_data_waiting_when_the_session_closes_is_dropped_and_counted() -> None:
                  + client_frame(Opcode.TEXT, b"two"))
     assert inflater.waiting
     inflater.discard_data()
-    assert inflater.discarded_messages == 3 and not inflater.waiting
+    assert inflater.counts.discarded_messages == 3 and not inflater.waiting
 
 
 def test_data_that_does_not_inflate_is_refused_with_1007() -> None:

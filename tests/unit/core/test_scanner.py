@@ -81,8 +81,8 @@ def test_every_write_is_whole_frames_and_messages_arrive_intact(step: int) -> No
     for write in sink.writes:
         frames += parse_frames(write)  # raises or misparses if a write ended inside a frame
     assert messages_of(frames) == [(Opcode.TEXT, p) for p in payloads]
-    assert scan.messages == 7
-    assert scan.fragmented_messages == 0, "re-heading at read boundaries is not fragmenting for the limit"
+    assert scan.counts.messages == 7
+    assert scan.counts.fragmented_messages == 0, "re-heading at read boundaries is not fragmenting for the limit"
     assert not sink.violations
 
 
@@ -110,7 +110,7 @@ def test_frame_cut_by_a_read_is_re_headed_as_fragments() -> None:
     frames = parse_frames(sink.out)
     assert [(fin, op) for fin, op, _ in frames] == [(False, Opcode.BINARY), (True, Opcode.CONTINUATION)]
     assert b"".join(p for _, _, p in frames) == payload
-    assert scan.messages == 1
+    assert scan.counts.messages == 1
 
 
 def test_small_frame_cut_by_a_read_is_held_until_whole() -> None:
@@ -143,7 +143,7 @@ def test_control_frames_taken_out_of_the_stream() -> None:
     scan.feed(first + ping + pong + last)
     assert bytes(sink.out) == first + last
     assert sink.pings == [b"p1"] and sink.pongs == [b"p2"]
-    assert scan.messages == 1
+    assert scan.counts.messages == 1
 
 
 def test_oversized_frame_is_fragmented_with_rotated_mask() -> None:
@@ -157,7 +157,7 @@ def test_oversized_frame_is_fragmented_with_rotated_mask() -> None:
     assert [(fin, op, len(p)) for fin, op, p in frames] == [
         (False, Opcode.BINARY, 4096), (False, Opcode.CONTINUATION, 4096), (True, Opcode.CONTINUATION, 1808)]
     assert b"".join(p for _, _, p in frames) == payload
-    assert scan.fragmented_messages == 1
+    assert scan.counts.fragmented_messages == 1
     sink = RecordingSink()
     scan = scanner(sink, max_frame=4096)
     for i in range(0, len(frame), 777):
@@ -177,7 +177,7 @@ def test_fragmenting_unmasked_frames_from_the_server() -> None:
     frames = parse_frames(bytes(sink.out))
     assert len(frames) == 5 and frames[-1][0] and not any(f[0] for f in frames[:-1])
     assert b"".join(p for _, _, p in frames) == payload
-    assert scan.messages == 1 and scan.fragmented_messages == 1
+    assert scan.counts.messages == 1 and scan.counts.fragmented_messages == 1
 
 
 def test_message_over_limit_refused_before_forwarding() -> None:
@@ -246,7 +246,7 @@ def test_after_a_violation_the_peers_close_is_still_read(frame: bytes) -> None:
     assert [final for _, _, final in sink.violations] == [False]
     assert sink.closes == [(1002, "")]
     assert b"late" not in bytes(sink.out)
-    assert scan.discarded_messages == 1
+    assert scan.counts.discarded_messages == 1
     assert scan.mode is ScanMode.STOPPED
 
 
@@ -283,7 +283,7 @@ def test_discard_data_skips_data_and_counts_it_but_still_reads_control_frames() 
               + client_frame(Opcode.CLOSE, build_close_payload(1000, "bye")))
     assert len(sink.out) == before, "nothing more was forwarded"
     assert sink.pings == [b"p"] and sink.closes == [(1000, "bye")]
-    assert scan.discarded_messages == 3, "the rest of the cut message, 'one' and 'two!'"
+    assert scan.counts.discarded_messages == 3, "the rest of the cut message, 'one' and 'two!'"
 
 
 def test_malformed_control_frame_while_discarding_ends_the_reading() -> None:
