@@ -164,6 +164,7 @@ class TrafficPort:
         has_room: tells whether one more connection fits (the gateway adds its sessions and upgrades).
         on_failure: called with the HTTP status of every refusal made here (408, 503, 400, 431, 505).
         bad_requests: where malformed requests are logged.
+        full: the 503's text when ``has_room`` says no (the gateway's one wording for being full).
     """
 
     def __init__(
@@ -174,8 +175,10 @@ class TrafficPort:
         has_room: Callable[[int], bool],
         on_failure: Callable[[int], None],
         bad_requests: BadRequestLog,
+        full: str,
     ) -> None:
         self.handler = handler
+        self.full = full
         self.head_timeout = head_timeout
         self.max_head = max_head
         self.has_room = has_room
@@ -264,7 +267,7 @@ class ClientConnection(FlowControlledProtocol):
         port.unsettled.add(self)
         if not port.has_room(port.waiting):
             port.on_failure(503)
-            self._answer(refusal_bytes(503, "the gateway holds its limit of sessions and connections"))
+            self._answer(refusal_bytes(503, port.full))
             return
         port.waiting += 1
         self._parser = httptools.HttpRequestParser(self)

@@ -29,6 +29,7 @@ from gateway.core.replay import MessageBuffer, Overflow
 from gateway.delivery import Confirmations
 from gateway.metrics import GatewayMetrics
 from gateway.reconnect import GaveUp, Reconnected, Reopen, reconnect
+from gateway.sessionlog import session_fields
 from gateway.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
@@ -179,7 +180,8 @@ class Outage:
         if verdict.code:
             closing_loss["unconfirmed"] -= 1 if verdict.message <= positions.complete_messages else 0
             self._count_lost({"refused": 1, **closing_loss})
-            logger.info("session %s: closing the client with %d: %s", self.session_id, verdict.code, verdict.reason)
+            logger.info("closing the client with %d: %s", verdict.code, verdict.reason,
+                        extra=session_fields(self.session_id))
             self._host.close_client(Event.MESSAGE_REFUSED, verdict.reason, verdict.code)
             return None
         breaker = self.plan.breaker
@@ -206,9 +208,10 @@ class Outage:
         if config.notify_loss:
             client.write_text(config.notify_loss.format(session_id=self.session_id))
         logger.info(
-            "session %s: upstream lost (%s); reconnecting; %d messages to re-send, %d possibly lost%s",
-            self.session_id, "no close frame" if code is None else f"close {code}", self.announced, self._lost_now,
+            "upstream lost (%s); reconnecting; %d messages to re-send, %d possibly lost%s",
+            "no close frame" if code is None else f"close {code}", self.announced, self._lost_now,
             f", from message #{unconfirmed.assumed_handled + 1}" if self.announced or self._lost_now else "",
+            extra=session_fields(self.session_id),
         )
         self._task = loop.create_task(self._reconnect())
         return self.hold
@@ -255,8 +258,8 @@ class Outage:
                                                           replayed=replayed, lost=self._lost_now))
         data = buffer.drain()
         self.confirmations.ledger.resent(data, whole, client.positions.complete_messages, replayed)
-        logger.info("session %s: upstream back after %.3fs; %d messages replayed, %d lost", self.session_id, seconds,
-                    replayed, self._lost_now)
+        logger.info("upstream back after %.3fs; %d messages replayed, %d lost", seconds, replayed, self._lost_now,
+                    extra=session_fields(self.session_id))
         return Replay(connection, data, whole)
 
     def end(self) -> None:

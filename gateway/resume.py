@@ -28,6 +28,7 @@ from gateway.core.codec import Opcode, build_frame
 from gateway.core.config import ResumeConfig
 from gateway.core.resume import ReplayLog, new_token, resumed, token_key
 from gateway.leg import DROP, DataOut, Leg
+from gateway.sessionlog import session_fields
 
 __all__ = ["ReplayTap", "ResumeHost", "ResumeState"]
 
@@ -138,19 +139,29 @@ class ResumeState:
         """What a resuming client that has ``received`` messages lacks; None if it cannot resume now."""
         return self.log.frames_after(received) if self.resumable_now() else None
 
+    # --- away and back ------------------------------------------------------------------------
     def wait_for_client(self) -> bool:
-        """The client's connection dropped: wait for it (True) if it could resume now."""
+        """The client's connection dropped: wait for it (True) if it could resume now, keeping the
+        app's messages in the log only, for ``resume.grace``."""
         if not self.allowed or not self.resumable_now():
             return False
-        self.wait()
+        loop = asyncio.get_running_loop()
+        self.away_since = loop.time()
+        self.tap.target = DROP
+        self.send_ping = _no_ping
+        self._outstanding = None
+        if self._confirm_handle is not None:
+            self._confirm_handle.cancel()
+            self._confirm_handle = None
+        self._grace_handle = loop.call_later(self.config.grace, self.on_lost, "expired")
         if self.owner is not None:
-            logger.info("session %s: resumable client dropped; waiting %gs for it", self.owner.session_id,
-                        self.config.grace)
+            logger.info("resumable client dropped; waiting %gs for it", self.config.grace,
+                        extra=session_fields(self.owner.session_id))
         return True
 
     def issue_token(self) -> str:
         """A new token for the session. The one before it stays valid until the client answers the
-        ping that follows the message carrying the new one (:meth:`back`): a connection lost before
+        ping that follows the message carrying the new one (:meth:`took_over`): a connection lost before
         the client read that message can still be resumed with the old token."""
         token = new_token()
         if self._previous_key is not None:
@@ -203,18 +214,7 @@ class ResumeState:
         if self.log.messages > self.log.confirmed:
             self.wrote()
 
-    # --- away and back ----------------------------------------------------------------------
-    def wait(self) -> None:
-        """The client dropped: keep the app's messages in the log only, for ``resume.grace``."""
-        self.away_since = asyncio.get_running_loop().time()
-        self.tap.target = DROP
-        self.send_ping = _no_ping
-        self._outstanding = None
-        if self._confirm_handle is not None:
-            self._confirm_handle.cancel()
-            self._confirm_handle = None
-        self._grace_handle = asyncio.get_running_loop().call_later(self.config.grace, self.on_lost, "expired")
-
+    # --- the client leg -------------------------------------------------------------------------
     def attach_client(self, leg: Leg) -> None:
         """``leg`` is the session's client leg now: the app's messages go to it (through the tap), it
         answers our pings, and the gateway's own notices on it are recorded as messages too."""
@@ -231,10 +231,6 @@ class ResumeState:
                                         masked=False))
         if frames:
             leg.sender.write(frames)
-        return self._back(leg)
-
-    def _back(self, leg: Leg) -> float:
-        """A new client connection took over (already sent what it lacked); returns the gap in seconds."""
         gap = 0.0 if self.away_since is None else asyncio.get_running_loop().time() - self.away_since
         self.away_since = None
         self.resumes += 1

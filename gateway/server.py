@@ -91,12 +91,16 @@ class Gateway:
         if client.allowed_origins and origin is not None and origin.lower() not in client.allowed_origins:
             return Refusal(403, f"origin {origin!r} is not allowed")
         if not resuming and not self._has_room(0):
-            return Refusal(503, f"the gateway holds its limit of {self.config.max_sessions} sessions")
+            return Refusal(503, self._full())
         return checked
 
     def _has_room(self, waiting_heads: int) -> bool:
         """Connections still sending their request head count against max_sessions with the sessions."""
         return len(self.sessions) + self._acceptor.handshakes + waiting_heads < self.config.max_sessions
+
+    def _full(self) -> str:
+        """The 503's text at ``max_sessions``, the same whether the connection or its request head is refused."""
+        return f"the gateway holds its limit of {self.config.max_sessions} sessions (with request heads still arriving)"
 
     def _refuse(self, connection: ClientConnection, status: int, text: str,
                 headers: dict[str, str] | None = None) -> None:
@@ -231,7 +235,7 @@ class Gateway:
         # Every connection gets a request-head deadline, a head size limit and quiet error reports
         # (gateway.http); every complete head goes to handle(), whatever its path.
         self._traffic = TrafficPort(self.handle, client.handshake_timeout, client.max_header_size, self._has_room,
-                                    self.metrics.handshake_failed, BadRequestLog())
+                                    self.metrics.handshake_failed, BadRequestLog(), self._full())
         admin = web.Application()
         admin.router.add_get("/metrics", make_aiohttp_handler(self.metrics.registry))
         admin.router.add_get("/healthz", self.healthz)

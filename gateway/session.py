@@ -40,7 +40,7 @@ from gateway.leg import Leg
 from gateway.metrics import GatewayMetrics
 from gateway.outage import Outage, RecoveryPlan
 from gateway.resume import ResumeState
-from gateway.sessionlog import SessionRecord, log_session
+from gateway.sessionlog import SessionRecord, log_session, session_fields
 from gateway.upstream import UpstreamConnection
 
 __all__ = ["ClientReads", "Session", "SessionState"]
@@ -228,7 +228,7 @@ class Session:
             self.client.delivery = confirmations
 
     def _set_state(self, state: SessionState) -> None:
-        logger.debug("session %s: %s -> %s", self.session_id, self.state.value, state.value)
+        logger.debug("%s -> %s", self.state.value, state.value, extra=session_fields(self.session_id))
         self.state = state
 
     # --- what the collector reads (besides to_upstream and to_client) -----------------------
@@ -254,7 +254,7 @@ class Session:
             self.metrics.message_refused(leg.name.value)
         else:
             self.metrics.protocol_error(leg.name.value)
-        logger.info("session %s: %s leg: closing with %d: %s", self.session_id, leg.name.value, code, reason)
+        logger.info("%s leg: closing with %d: %s", leg.name.value, code, reason, extra=session_fields(self.session_id))
         if not self._current(leg):
             leg.abort()
             return
@@ -309,9 +309,9 @@ class Session:
 
     def _stuck(self, destination: Pausable) -> None:
         logger.info(
-            "session %s: client read nothing for %.1fs with its buffer full; closing",
-            self.session_id,
+            "client read nothing for %.1fs with its buffer full; closing",
             self.client_config.slow_consumer_timeout,
+            extra=session_fields(self.session_id),
         )
         self._close(rule_for(Event.SLOW_CONSUMER, LegName.CLIENT))
 

@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import orjson
 
-__all__ = ["JsonFormatter", "SessionRecord", "configure_logging", "log_session"]
+__all__ = ["JsonFormatter", "SessionRecord", "configure_logging", "log_session", "session_fields"]
 
 session_logger = logging.getLogger("gateway.sessions")
 
@@ -61,6 +61,12 @@ class SessionRecord:
 
 
 _FIELDS: Final = tuple(field.name for field in dataclasses.fields(SessionRecord))
+
+
+def session_fields(session_id: str) -> dict[str, Any]:
+    """The ``extra`` of a log line about one session: its id as a field (``session_id``, as in the
+    closing line), so log pipelines find every line of a session without parsing the text."""
+    return {"fields": {"session_id": session_id}}
 
 
 def log_session(record: SessionRecord) -> None:

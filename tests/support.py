@@ -200,14 +200,14 @@ class GatewayProcess(ManagedProcess):
         """One sample's value (0 when absent)."""
         return (await self.metrics()).get((name, tuple(sorted(labels.items()))), 0.0)
 
-    def session_logs(self) -> list[dict[str, Any]]:
-        """Every session_closed log line written so far (a line the gateway is still writing is left out)."""
-        lines = []
+    def log_records(self) -> list[dict[str, Any]]:
+        """Every JSON log line written so far (a line the gateway is still writing is left out)."""
         text = self.output()
-        for line in text[: text.rfind("\n") + 1].splitlines():
-            if line.startswith("{") and '"session_closed"' in line:
-                lines.append(json.loads(line))
-        return lines
+        return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line.startswith("{")]
+
+    def session_logs(self) -> list[dict[str, Any]]:
+        """Every session_closed log line written so far."""
+        return [record for record in self.log_records() if record.get("event") == "session_closed"]
 
     async def wait_session_log(self, count: int, timeout: float = 10) -> list[dict[str, Any]]:
         """Wait (without blocking the test's event loop) for ``count`` session lines; return them."""

@@ -356,12 +356,6 @@ class Inflater:
         self._inflating = False
         self._drop_queued_data()
 
-    @property
-    def holds_close(self) -> bool:
-        """The client's close frame waits behind paused inflation."""
-        queue = self._queue
-        return queue is not None and any(item[0] == _CLOSE for item in queue)
-
     def release(self) -> None:
         """The session is over: drop the links back to the leg (reference cycles)."""
         self.inner = DETACHED_SINK

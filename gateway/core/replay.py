@@ -77,11 +77,6 @@ class MessageBuffer:
     def _drop(self, reason: str) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
 
-    @property
-    def dropped_messages(self) -> int:
-        """Messages lost, whatever the reason."""
-        return sum(self.dropped.values())
-
     def feed(self, data: bytes) -> None:
         """Take forwarded bytes; complete messages are queued.
 

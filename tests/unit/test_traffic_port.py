@@ -23,6 +23,9 @@ UPGRADE_HEAD = (
     b"X-Twice: one\r\nX-Twice: two\r\n\r\n"
 )
 
+FULL = "the gateway holds its limit of 1 sessions (with request heads still arriving)"
+"""The 503's text the port is given (the gateway's wording at max_sessions 1)."""
+
 
 @dataclass
 class Recorder:
@@ -58,7 +61,7 @@ async def traffic_port(
         await behaviour(connection, head, seen)
 
     port = TrafficPort(handler, head_timeout, max_head, lambda waiting: room, seen.failures.append,
-                       BadRequestLog())
+                       BadRequestLog(), FULL)
     server = await asyncio.get_running_loop().create_server(port.connection, "127.0.0.1", 0)
     try:
         yield port, seen, server.sockets[0].getsockname()[1]
@@ -174,7 +177,7 @@ async def test_no_room_is_503_before_a_byte_is_read() -> None:
     """With no room for another connection the client gets 503 without sending anything."""
     async with traffic_port(room=False) as (port, seen, number):
         answer = await exchange(number)
-        assert answer.startswith(b"HTTP/1.1 503 ")
+        assert answer.startswith(b"HTTP/1.1 503 ") and answer.endswith(FULL.encode() + b"\n"), answer
         assert seen.failures == [503] and port.waiting == 0
 
 

@@ -46,7 +46,7 @@ def test_message_cut_by_the_outage_is_skipped_and_counted() -> None:
     buffer = MessageBuffer(10, 1 << 20, OverflowPolicy.CLOSE, skip_message=True)
     buffer.feed(cut_rest + after)
     assert list(buffer.messages) == [after]
-    assert buffer.dropped_messages == 1
+    assert buffer.dropped == {"cut": 1}
 
 
 def test_overflow_close_policy_raises() -> None:
@@ -64,14 +64,14 @@ def test_overflow_drop_oldest_policy() -> None:
     frames = [client_frame(Opcode.TEXT, str(i).encode()) for i in range(5)]
     buffer.feed(b"".join(frames))
     assert list(buffer.messages) == frames[3:]
-    assert buffer.dropped_messages == 3
+    assert buffer.dropped == {"overflow": 3}
 
 
 def test_byte_limit() -> None:
     """The byte limit counts frame bytes; a message larger than the whole buffer cannot be kept."""
     buffer = MessageBuffer(100, 50, OverflowPolicy.DROP_OLDEST)
     buffer.feed(client_frame(Opcode.TEXT, b"x" * 100))
-    assert not buffer.messages and buffer.dropped_messages == 1
+    assert not buffer.messages and buffer.dropped == {"too_large": 1}
 
 
 def test_buffer_accepts_the_scanners_fragmented_output() -> None:
@@ -102,4 +102,4 @@ def test_primed_message_is_replayed_whole() -> None:
     assert not buffer.messages, "complete messages already reached the old upstream"
     buffer.feed(rest)
     assert list(buffer.messages) == [first + rest]
-    assert buffer.dropped_messages == 0
+    assert buffer.dropped == {}
