@@ -36,7 +36,8 @@ the client, the loopback leg stays plain). This script measures the two things t
    nothing need stay allocated between messages).
 
 3. CPU per message at the relay and at the app, for sessions that negotiate compression and for
-   sessions that do not, on the same three paths (bench/compression_cpu.py says how).
+   sessions that do not, on the same three paths and a bare uvloop pipe (bench/pipe.py, the floor of any
+   Python relay) in front of the same uvicorn (bench/compression_cpu.py says how).
 
 Figures from a shared 2-core machine vary between runs: the byte counts are exact and repeat,
 the CPU figures do not (compare them with each other, not across machines).
@@ -335,6 +336,18 @@ def start_paths(servers: list[Server], workdir: Path) -> list[Row]:
 
     rows.append(Row("direct to uvicorn, no offer", uvicorn_port, False))
     return rows
+
+
+def start_pipe(servers: list[Server], workdir: Path) -> int | None:
+    """The floor of part 3 (bench/pipe.py): a bare uvloop pipe in front of the same uvicorn, or None."""
+    uvicorn_port = int(next(server for server in servers if server.name == "uvicorn").url.rsplit(":", 1)[1])
+    port = free_port()
+    try:
+        launch("uvloop pipe", [sys.executable, "-m", "bench.pipe", str(port), str(uvicorn_port)], port, servers,
+               workdir)
+    except RuntimeError:
+        return None
+    return port
 
 
 async def measure_paths(rows: list[Row], messages: list[str]) -> None:
@@ -673,7 +686,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             rows = start_paths(servers, Path(workdir))
             asyncio.run(measure_paths(rows, messages))
-            paths = cpu_paths(servers, {"direct": rows[0].port, "nginx": rows[1].port, "gateway": rows[2].port})
+            pipe_port = start_pipe(servers, Path(workdir))
+            paths = cpu_paths(servers, {"direct": rows[0].port, "nginx": rows[1].port, "gateway": rows[2].port,
+                                        "pipe": pipe_port})
             asyncio.run(measure_cpu(paths, cpu_settings, cpu_messages))
         finally:
             for server in reversed(servers):

@@ -85,12 +85,14 @@ async def measure_cpu(paths: list[CpuPath], settings: CpuSettings, messages: lis
 
 
 def cpu_paths(servers: list[Server], ports: dict[str, int | None]) -> list[CpuPath]:
-    """The six paths: direct, NGINX and ws-gateway (where they started), each with and without an offer."""
+    """The eight paths: direct, NGINX, ws-gateway and the uvloop pipe (where they started), each with and
+    without an offer."""
     by_name = {server.name: server for server in servers}
     app = by_name["uvicorn"]
     paths = []
     for name, relay_name, label in (("direct", None, "direct to uvicorn"), ("nginx", "nginx", "NGINX -> uvicorn"),
-                                    ("gateway", "ws-gateway", "ws-gateway -> uvicorn")):
+                                    ("gateway", "ws-gateway", "ws-gateway -> uvicorn"),
+                                    ("pipe", "uvloop pipe", "uvloop pipe -> uvicorn")):
         port = ports.get(name)
         if port is None:
             continue
@@ -108,27 +110,32 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _versus(value: float | None, reference: float | None) -> str:
+    return "-" if value is None or not reference else f"{value / reference:.2f}x"
+
+
 def cpu_report(paths: list[CpuPath], settings: CpuSettings, messages: list[str]) -> str:
     mean = sum(len(m.encode()) for m in messages) / len(messages)
     nginx = {p.offer: _median(p.relay_us) for p in paths if p.name.startswith("NGINX")}
+    pipe = {p.offer: _median(p.relay_us) for p in paths if p.name.startswith("uvloop pipe")}
     lines = [
         f"\n## 3. CPU per message: compressed and plain sessions ({settings.clients} sessions x "
         f"{settings.messages:,} round trips per path, JSON chat messages of {mean:.0f} B on average, "
         f"median of {settings.rounds} rounds)",
         "",
         "relay = the relay's processes, app = uvicorn; µs of process CPU per message relayed (one round trip "
-        "is two messages). vs nginx: the relay's figure against NGINX's for the same offer, same run.",
+        "is two messages). vs nginx, vs pipe: the relay's figure against NGINX's and the bare uvloop pipe's "
+        "(bench/pipe.py, the floor of any Python relay) for the same offer, same run.",
         "",
-        "| path | negotiated | relay µs/msg | vs nginx | app µs/msg | relay + app µs/msg |",
-        "|---|---|---|---|---|---|",
+        "| path | negotiated | relay µs/msg | vs nginx | vs pipe | app µs/msg | relay + app µs/msg |",
+        "|---|---|---|---|---|---|---|",
     ]
     for path in paths:
         if path.error:
-            lines.append(f"| {path.name} | {path.error} | - | - | - | - |")
+            lines.append(f"| {path.name} | {path.error} | - | - | - | - | - |")
             continue
         relay, app = _median(path.relay_us), _median(path.app_us)
-        reference = nginx.get(path.offer)
-        versus = "-" if relay is None or not reference else f"{relay / reference:.2f}x"
         total = (relay or 0.0) + app if app is not None else None
-        lines.append(f"| {path.name} | `{path.negotiated}` | {_fmt(relay)} | {versus} | {_fmt(app)} | {_fmt(total)} |")
+        lines.append(f"| {path.name} | `{path.negotiated}` | {_fmt(relay)} | {_versus(relay, nginx.get(path.offer))} | "
+                     f"{_versus(relay, pipe.get(path.offer))} | {_fmt(app)} | {_fmt(total)} |")
     return "\n".join(lines)

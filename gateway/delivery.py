@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Final
 
 from gateway.core.delivery import Ledger, Mark
-from gateway.core.scanner import MessagePositions
+from gateway.core.sink import MessagePositions
 
 __all__ = ["Confirmations"]
 

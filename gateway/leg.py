@@ -1,6 +1,6 @@
 """One side of a session: its transport, the scanner of what its peer sends, keepalive and closing.
 
-A :class:`Leg` is the :class:`~gateway.core.scanner.ScannerSink` of the
+A :class:`Leg` is the :class:`~gateway.core.sink.ScannerSink` of the
 frames its peer sends: data goes out through ``out`` (the other leg's
 transport, or the replay hold during an upstream outage), control frames are
 answered here, and closes and violations are reported to the session through
@@ -30,7 +30,8 @@ from gateway.core.config import LegConfig
 from gateway.core.counts import DirectionCounts
 from gateway.core.deflate import Deflater
 from gateway.core.inflate import Inflater
-from gateway.core.scanner import FrameScanner, MessagePositions, ScannerSink
+from gateway.core.scanner import FrameScanner
+from gateway.core.sink import MessagePositions, ScannerSink
 from gateway.delivery import Confirmations
 from gateway.flow import WriteFlow
 from gateway.keepalive import wheel

@@ -1,7 +1,8 @@
 """The pure core of ws-gateway: no sockets, no event loop, no clock of its own.
 
 Modules: :mod:`~gateway.core.codec` (frame encoding and masking), :mod:`~gateway.core.scanner`
-(the frame-level relay walker), :mod:`~gateway.core.closecodes` and
+(the frame-level relay walker), :mod:`~gateway.core.sink` (what the scanner delivers to and the
+message positions it reports), :mod:`~gateway.core.closecodes` and
 :mod:`~gateway.core.closerules` (close codes, and the close table as data),
 :mod:`~gateway.core.closing` (one leg's closing handshake),
 :mod:`~gateway.core.counts` (what one direction of a session carried),

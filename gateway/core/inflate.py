@@ -38,7 +38,8 @@ from gateway.core.closecodes import CloseCode
 from gateway.core.codec import build_header, mask_payload, read_header
 from gateway.core.compression import DeflateAgreement
 from gateway.core.counts import DirectionCounts
-from gateway.core.scanner import DETACHED_SINK, FrameScanner, ScanMode, ScannerSink
+from gateway.core.scanner import FrameScanner, ScanMode
+from gateway.core.sink import DETACHED_SINK, ScannerSink
 
 __all__ = ["FLUSH_BYTES", "TAIL", "Inflater"]
 

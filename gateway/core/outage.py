@@ -21,7 +21,7 @@ from gateway.core.delivery import (
     judge_loss,
 )
 from gateway.core.replay import MessageBuffer, Overflow
-from gateway.core.scanner import MessagePositions
+from gateway.core.sink import MessagePositions
 
 __all__ = ["LossCause", "OutageStart", "judge_outage", "outage_buffer"]
 

@@ -31,7 +31,7 @@ peer ends one session.
 from __future__ import annotations
 
 import enum
-from typing import Final, Protocol
+from typing import Final
 
 from gateway.core.closecodes import CloseCode
 from gateway.core.codec import (
@@ -45,11 +45,14 @@ from gateway.core.codec import (
     read_header,
 )
 from gateway.core.counts import DirectionCounts
+from gateway.core.sink import DETACHED_SINK, ScannerSink
 
-__all__ = ["DETACHED_SINK", "FrameScanner", "MessagePositions", "ScanMode", "ScannerSink"]
+__all__ = ["FrameScanner", "ScanMode"]
 
 _SMALL_FRAME: Final = 125
 """Frames up to this payload size that a read cuts are held whole rather than re-headed."""
+_LARGEST_16_BIT: Final = 0xFFFF
+"""The largest payload a 16-bit length declares (RFC 6455 5.2)."""
 
 
 class ScanMode(enum.IntEnum):
@@ -58,77 +61,6 @@ class ScanMode(enum.IntEnum):
     RELAY = 0
     DISCARD = 1
     STOPPED = 2
-
-
-class ScannerSink(Protocol):
-    """Where a :class:`FrameScanner` delivers what it reads."""
-
-    def forward(self, data: bytes) -> None:
-        """Write whole data frames, as they arrived, to the other leg."""
-
-    def forward_frame(self, header: bytes, payload: bytes) -> None:
-        """Write one re-headed data frame (a fragment of the peer's frame) to the other leg."""
-
-    def on_ping(self, payload: bytes) -> None:
-        """A ping arrived; the gateway answers it on the same leg."""
-
-    def on_pong(self, payload: bytes) -> None:
-        """A pong arrived (keepalive)."""
-
-    def on_close(self, code: int, reason: str) -> None:
-        """A valid close frame arrived (1005 when it had no body); the scanner has stopped."""
-
-    def on_violation(self, code: int, reason: str, final: bool) -> None:
-        """The peer broke a rule; ``final`` when nothing more will be read from it."""
-
-
-class MessagePositions(Protocol):
-    """Where the stream forwarded to the destination stands, in messages: what retention, the
-    delivery ledger and the loss rules read. A :class:`FrameScanner` is one; so is the client
-    leg's inflater, whose output can lag behind what the scanner has read."""
-
-    @property
-    def complete_messages(self) -> int:
-        """Messages whose last byte has been handed on."""
-
-    @property
-    def in_message(self) -> bool:
-        """The destination has part of a message but not its end."""
-
-    @property
-    def at_boundary(self) -> bool:
-        """No message is in progress: every counted message has been handed on whole."""
-
-    @property
-    def last_message_size(self) -> int:
-        """Payload size of the message in progress, or of the last one."""
-
-
-class _DetachedSink:
-    """The sink of a finished leg's scanner (and of a released inflater): nothing is delivered any more."""
-
-    __slots__ = ()
-
-    def forward(self, data: bytes) -> None:
-        return None
-
-    def forward_frame(self, header: bytes, payload: bytes) -> None:
-        return None
-
-    def on_ping(self, payload: bytes) -> None:
-        return None
-
-    def on_pong(self, payload: bytes) -> None:
-        return None
-
-    def on_close(self, code: int, reason: str) -> None:
-        return None
-
-    def on_violation(self, code: int, reason: str, final: bool) -> None:
-        return None
-
-
-DETACHED_SINK: Final = _DetachedSink()
 
 
 class FrameScanner:
@@ -156,6 +88,7 @@ class FrameScanner:
         "_control_opcode",
         "_expect_masked",
         "_fast_limit",
+        "_fast_limit_16",
         "_in_message",
         "_mask_bit",
         "_max_frame",
@@ -217,6 +150,8 @@ class FrameScanner:
         self._mask_bit = 0x80 if expect_masked else 0x00
         self._small_header = 6 if expect_masked else 2
         self._fast_limit = min(_SMALL_FRAME, max_message_size, max_frame_size)
+        self._fast_limit_16 = min(_LARGEST_16_BIT, max_message_size, max_frame_size)
+        """The fast path's limits for a frame with a 7-bit and with a 16-bit length."""
         self.counts = counts if counts is not None else DirectionCounts()
         """Written here: ``messages`` (complete data messages forwarded), ``payload_bytes``,
         ``fragmented_messages`` (re-emitted as fragments for the destination's frame limit) and
@@ -304,22 +239,30 @@ class FrameScanner:
                     break
                 b0 = data[pos]
                 b1 = data[pos + 1]
-                # Fast path: a small, unfragmented text/binary frame with the expected mask bit,
-                # the common case of chat-like traffic. Everything it skips is checked in _frame.
-                if (
-                    (b0 == 0x81 or b0 == 0x82)
-                    and b1 & 0x80 == self._mask_bit
-                    and (b1 & 0x7F) <= self._fast_limit
-                    and not self._in_message
-                ):
-                    frame_end = pos + self._small_header + (b1 & 0x7F)
-                    if frame_end > end:
-                        self._tail = data[pos:]  # at most 131 bytes: wait for the rest of the frame
-                        break
-                    counts.messages += 1
-                    counts.payload_bytes += b1 & 0x7F
-                    pos = frame_end
-                    continue
+                # Fast path: an unfragmented text/binary frame with the expected mask bit, of a size
+                # under both limits, the common case of chat-like traffic. Everything it skips is
+                # checked in _frame, which also takes a frame this read does not hold whole.
+                if (b0 == 0x81 or b0 == 0x82) and b1 & 0x80 == self._mask_bit and not self._in_message:
+                    length = b1 & 0x7F
+                    if length <= self._fast_limit:
+                        frame_end = pos + self._small_header + length
+                        if frame_end > end:
+                            self._tail = data[pos:]  # at most 131 bytes: wait for the rest of the frame
+                            break
+                        counts.messages += 1
+                        counts.payload_bytes += length
+                        pos = frame_end
+                        continue
+                    if length == 126 and end - pos >= 4:
+                        length = data[pos + 2] << 8 | data[pos + 3]
+                        frame_end = pos + self._small_header + 2 + length
+                        if _SMALL_FRAME < length <= self._fast_limit_16 and frame_end <= end:
+                            counts.messages += 1
+                            counts.payload_bytes += length
+                            self._message_size = length
+                            self._sized_message = counts.messages
+                            pos = frame_end
+                            continue
                 pos, span = self._frame(data, pos, span, end)
                 if pos < 0:
                     break  # its header is not all here: kept in _tail

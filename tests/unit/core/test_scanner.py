@@ -193,6 +193,40 @@ def test_message_over_limit_refused_before_forwarding() -> None:
     assert scan.mode is ScanMode.DISCARD
 
 
+@pytest.mark.parametrize("size", [126, 300, 65535])
+def test_frame_with_a_16_bit_length_over_the_message_limit_is_refused(size: int) -> None:
+    """The fast path takes 16-bit lengths too, and still refuses a frame one byte over the limit (1009)."""
+    sink = RecordingSink()
+    scan = scanner(sink, max_message=size - 1)
+    scan.feed(client_frame(Opcode.TEXT, b"a" * (size - 1)) + client_frame(Opcode.BINARY, b"b" * size))
+    assert parse_frames(sink.out) == [(True, Opcode.TEXT, b"a" * (size - 1))]
+    assert sink.violations == [(1009, f"message of at least {size} bytes is over the limit of {size - 1}", False)]
+
+
+@pytest.mark.parametrize("size", [126, 300, 65535])
+def test_frame_with_a_16_bit_length_over_the_frame_limit_is_fragmented(size: int) -> None:
+    """A whole 16-bit-length frame larger than the destination's frame limit still leaves in fragments."""
+    payload = os.urandom(size)
+    sink = RecordingSink()
+    scan = scanner(sink, max_frame=size - 1)
+    scan.feed(client_frame(Opcode.BINARY, payload))
+    frames = parse_frames(sink.out)
+    assert [len(p) for _, _, p in frames] == [size - 1, 1] and messages_of(frames) == [(Opcode.BINARY, payload)]
+    assert scan.counts.fragmented_messages == 1
+
+
+def test_whole_frames_with_16_bit_lengths_are_counted_and_sized() -> None:
+    """Chat-sized frames (126 to 65,535 bytes) relayed whole are counted, and the last one's size is
+    known (the outage rules read it)."""
+    sink = RecordingSink()
+    scan = scanner(sink)
+    frames = [client_frame(Opcode.TEXT, b"x" * 250), client_frame(Opcode.BINARY, b"y" * 65535)]
+    scan.feed(frames[0] + frames[1])
+    assert sink.writes == [frames[0] + frames[1]]
+    assert (scan.counts.messages, scan.counts.payload_bytes) == (2, 250 + 65535)
+    assert scan.last_message_size == 65535 and scan.at_boundary
+
+
 @pytest.mark.parametrize(
     ("frame", "why"),
     [
@@ -204,6 +238,7 @@ def test_message_over_limit_refused_before_forwarding() -> None:
         (client_frame(Opcode.PING, b"x", fin=False), "fragmented control"),
         (client_frame(Opcode.CONTINUATION, b"x"), "no message started"),
         (client_frame(Opcode.TEXT, b"x", fin=False) + client_frame(Opcode.TEXT, b"y"), "previous one"),
+        (client_frame(Opcode.TEXT, b"x", fin=False) + client_frame(Opcode.TEXT, b"y" * 300), "previous one"),
         (client_frame(Opcode.CLOSE, b"\x03\xed"), "invalid close code"),
         (client_frame(Opcode.CLOSE, b"\x03"), "1-byte"),
         (bytes((0x82, 0x80 | 126, 0, 5)) + b"kkkk" + b"12345", "non-minimal"),
