@@ -22,12 +22,14 @@ __all__ = [
     "MAX_CONTROL_PAYLOAD",
     "PACK_16",
     "PACK_64",
+    "MaskKeys",
     "Opcode",
     "ProtocolViolation",
     "build_close_payload",
     "build_frame",
     "build_header",
     "mask_payload",
+    "new_mask_key",
     "parse_close_payload",
     "read_header",
 ]
@@ -36,6 +38,33 @@ MAX_CONTROL_PAYLOAD: Final = 125
 """Control frames carry at most 125 payload bytes (RFC 6455 section 5.5)."""
 
 _MAX_CLOSE_REASON: Final = MAX_CONTROL_PAYLOAD - 2
+
+_KEYS_PER_DRAW: Final = 1024
+"""Mask keys taken from the operating system's random source at once (one system call per 1,024 frames)."""
+
+
+class MaskKeys:
+    """Fresh masking keys from ``os.urandom``, drawn 4 KiB at a time: each key is used once and is as
+    unpredictable as one drawn alone (RFC 6455 10.3), without a system call per masked frame (the
+    inflater masks one frame per compressed client message)."""
+
+    __slots__ = ("_pool", "_pos")
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._pos = 0
+
+    def next(self) -> bytes:
+        pos = self._pos
+        if pos >= len(self._pool):
+            self._pool = os.urandom(4 * _KEYS_PER_DRAW)  # drawn at first use, never at import
+            pos = 0
+        self._pos = pos + 4
+        return self._pool[pos : pos + 4]
+
+
+new_mask_key: Final = MaskKeys().next
+"""A fresh four-byte masking key (RFC 6455 5.3)."""
 
 
 class Opcode(enum.IntEnum):
@@ -109,7 +138,7 @@ def build_frame(opcode: int, payload: bytes, *, masked: bool, fin: bool = True) 
     """Encode a whole frame; masked frames get a fresh random key (RFC 6455 5.3)."""
     if not masked:
         return build_header(fin, opcode, len(payload), None) + payload
-    key = os.urandom(4)
+    key = new_mask_key()
     return build_header(fin, opcode, len(payload), key) + mask_payload(key, payload)
 
 

@@ -28,14 +28,13 @@ describe the stream as forwarded. Pure: no sockets, no event loop.
 
 from __future__ import annotations
 
-import os
 import zlib
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
 from gateway.core.closecodes import CloseCode
-from gateway.core.codec import build_header, mask_payload, read_header
+from gateway.core.codec import build_header, mask_payload, new_mask_key, read_header
 from gateway.core.compression import DeflateAgreement
 from gateway.core.counts import DirectionCounts
 from gateway.core.scanner import FrameScanner, ScanMode
@@ -254,7 +253,7 @@ class Inflater:
                 if out or last:
                     opcode = 0 if self._opened else self._opcode
                     self._opened = True
-                    mask = os.urandom(4)
+                    mask = new_mask_key()
                     frame_b0 = (0x80 if last else 0) | opcode
                     parts.append(build_header(last, opcode, len(out), mask))
                     parts.append(self._mask(mask, out))

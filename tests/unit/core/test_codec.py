@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.core.codec import Opcode, build_frame, build_header, mask_payload, read_header
+from gateway.core import codec
+from gateway.core.codec import MaskKeys, Opcode, build_frame, build_header, mask_payload, read_header
 
 
 def reference_mask(key: bytes, payload: bytes) -> bytes:
@@ -44,3 +46,20 @@ def test_a_masked_frame_carries_its_key_and_the_masked_payload() -> None:
     assert frame[0] == 0x80 | Opcode.TEXT and frame[1] == 0x80 | 5
     assert mask_payload(frame[2:6], frame[6:]) == b"hello"
 
+
+
+def test_mask_keys_are_fresh_slices_of_one_urandom_draw_per_1024(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each key is the next unused four bytes of the OS random source; one draw serves 1,024 keys, then
+    a new draw is made (no key is handed out twice)."""
+    draws: list[int] = []
+
+    def fake_urandom(size: int) -> bytes:
+        draws.append(size)
+        start = 4 * 1024 * (len(draws) - 1)
+        return b"".join((start + 4 * i).to_bytes(4, "big") for i in range(size // 4))
+
+    monkeypatch.setattr(codec.os, "urandom", fake_urandom)
+    keys = MaskKeys()
+    handed = [keys.next() for _ in range(1025)]
+    assert draws == [4096, 4096]
+    assert handed == [(4 * i).to_bytes(4, "big") for i in range(1025)]
