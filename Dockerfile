@@ -1,5 +1,6 @@
-# ws-gateway image. Build the wheels first (the build itself needs no network):
-#   pip wheel -w wheels . && docker build -t ws-gateway .
+# ws-gateway image. Build the wheels first (the build itself needs no network); the gateway's wheel
+# compiled with mypyc (setup.py), as the project ships it:
+#   WS_GATEWAY_COMPILE=1 pip wheel -w wheels . && docker build -t ws-gateway .
 # `make image` does both with podman (scripts/build-image.sh).
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 

@@ -36,8 +36,9 @@ the client, the loopback leg stays plain). This script measures the two things t
    nothing need stay allocated between messages).
 
 3. CPU per message at the relay and at the app, for sessions that negotiate compression and for
-   sessions that do not, on the same three paths and a bare uvloop pipe (bench/pipe.py, the floor of any
-   Python relay) in front of the same uvicorn (bench/compression_cpu.py says how).
+   sessions that do not, on the same three paths, the gateway's mypyc-compiled build (bench/compiled.py)
+   and a bare uvloop pipe (bench/pipe.py, the floor of any Python relay) in front of the same uvicorn
+   (bench/compression_cpu.py says how).
 
 Figures from a shared 2-core machine vary between runs: the byte counts are exact and repeat,
 the CPU figures do not (compare them with each other, not across machines).
@@ -286,11 +287,11 @@ class Row:
 
 
 def launch(name: str, args: list[str], port: int, servers: list[Server], logs: Path,
-           env: dict[str, str] | None = None) -> Server:
+           env: dict[str, str] | None = None, cwd: Path = ROOT) -> Server:
     """Start a process, register it for the caller's ``finally`` at once, then wait for its port."""
-    log_path = logs / f"{name.replace(' ', '-')}.log"
+    log_path = logs / f"{name.replace(' ', '-').replace(',', '')}.log"
     with log_path.open("wb") as log:
-        process = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(args, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
                                    env={**os.environ, **(env or {})})
     server = Server(name, process, f"http://{HOST}:{port}")
     servers.append(server)
@@ -321,21 +322,39 @@ def start_paths(servers: list[Server], workdir: Path) -> list[Row]:
 
     gateway_row = Row("ws-gateway -> uvicorn, client offers deflate", None, True)
     try:
-        port = free_port()
-        env = {"GATEWAY_LOG_LEVEL": "warning", "GATEWAY_CLIENT_PING_INTERVAL": "0",
-               "GATEWAY_UPSTREAM_PING_INTERVAL": "0", "GATEWAY_DRAIN_LISTENER_DELAY": "0s",
-               "GATEWAY_DRAIN_SPREAD": "0s", "GATEWAY_DRAIN_TIMEOUT": "2s",
-               "GATEWAY_CLIENT_COMPRESSION_ENABLED": "true"}
-        launch("ws-gateway", [python, "-m", "gateway", "--listen", f"{HOST}:{port}", "--admin-listen",
-                              f"{HOST}:{free_port()}", "--upstream", f"ws://{HOST}:{uvicorn_port}"],
-               port, servers, workdir, env)
-        gateway_row.port = port
+        gateway_row.port = launch_gateway("ws-gateway", servers, workdir, uvicorn_port, ROOT)
     except RuntimeError as exc:
         gateway_row.why_not = str(exc)
     rows.append(gateway_row)
 
     rows.append(Row("direct to uvicorn, no offer", uvicorn_port, False))
     return rows
+
+
+def launch_gateway(name: str, servers: list[Server], workdir: Path, uvicorn_port: int, tree: Path) -> int:
+    """ws-gateway from the checkout at ``tree`` (this one, or a compiled copy) in front of uvicorn; its port."""
+    port = free_port()
+    env = {"GATEWAY_LOG_LEVEL": "warning", "GATEWAY_CLIENT_PING_INTERVAL": "0",
+           "GATEWAY_UPSTREAM_PING_INTERVAL": "0", "GATEWAY_DRAIN_LISTENER_DELAY": "0s",
+           "GATEWAY_DRAIN_SPREAD": "0s", "GATEWAY_DRAIN_TIMEOUT": "2s",
+           "GATEWAY_CLIENT_COMPRESSION_ENABLED": "true"}
+    launch(name, [sys.executable, "-m", "gateway", "--listen", f"{HOST}:{port}", "--admin-listen",
+                  f"{HOST}:{free_port()}", "--upstream", f"ws://{HOST}:{uvicorn_port}"],
+           port, servers, workdir, env, cwd=tree)
+    return port
+
+
+def start_compiled_gateway(servers: list[Server], workdir: Path) -> int | None:
+    """Part 3's row of the mypyc-compiled build (bench/compiled.py) next to the pure-Python one, or None."""
+    from bench.compiled import compiled_checkout
+
+    uvicorn_port = int(next(server for server in servers if server.name == "uvicorn").url.rsplit(":", 1)[1])
+    try:
+        tree = compiled_checkout(workdir / "compiled")
+        return launch_gateway("ws-gateway, compiled", servers, workdir, uvicorn_port, tree)
+    except (RuntimeError, OSError) as exc:
+        print(f"(no compiled gateway row: {exc})", flush=True)
+        return None
 
 
 def start_pipe(servers: list[Server], workdir: Path) -> int | None:
@@ -687,8 +706,9 @@ def main(argv: list[str] | None = None) -> int:
             rows = start_paths(servers, Path(workdir))
             asyncio.run(measure_paths(rows, messages))
             pipe_port = start_pipe(servers, Path(workdir))
+            compiled_port = start_compiled_gateway(servers, Path(workdir))
             paths = cpu_paths(servers, {"direct": rows[0].port, "nginx": rows[1].port, "gateway": rows[2].port,
-                                        "pipe": pipe_port})
+                                        "gateway compiled": compiled_port, "pipe": pipe_port})
             asyncio.run(measure_cpu(paths, cpu_settings, cpu_messages))
         finally:
             for server in reversed(servers):

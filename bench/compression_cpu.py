@@ -85,13 +85,14 @@ async def measure_cpu(paths: list[CpuPath], settings: CpuSettings, messages: lis
 
 
 def cpu_paths(servers: list[Server], ports: dict[str, int | None]) -> list[CpuPath]:
-    """The eight paths: direct, NGINX, ws-gateway and the uvloop pipe (where they started), each with and
-    without an offer."""
+    """The ten paths: direct, NGINX, ws-gateway (pure Python and compiled) and the uvloop pipe (where
+    they started), each with and without an offer."""
     by_name = {server.name: server for server in servers}
     app = by_name["uvicorn"]
     paths = []
     for name, relay_name, label in (("direct", None, "direct to uvicorn"), ("nginx", "nginx", "NGINX -> uvicorn"),
                                     ("gateway", "ws-gateway", "ws-gateway -> uvicorn"),
+                                    ("gateway compiled", "ws-gateway, compiled", "ws-gateway compiled -> uvicorn"),
                                     ("pipe", "uvloop pipe", "uvloop pipe -> uvicorn")):
         port = ports.get(name)
         if port is None:

@@ -165,14 +165,16 @@ class Server:
                 self.process.wait()
 
 
-def start(name: str, args: list[str], port: int, env: dict[str, str] | None = None) -> Server:
-    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+def start(name: str, args: list[str], port: int, env: dict[str, str] | None = None, cwd: Path = ROOT) -> Server:
+    process = subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env={**os.environ, **(env or {})})
     wait_port(port, process)
     return Server(name, process, f"http://{HOST}:{port}")
 
 
-def start_relays(upstream_port: int, workdir: Path) -> list[Server]:
+def start_relays(upstream_port: int, workdir: Path, compiled: Path | None = None) -> list[Server]:
+    """Every relay in front of the upstream; ``compiled``: a checkout running the mypyc build
+    (bench/compiled.py), measured as one more gateway row next to the pure-Python one."""
     python = sys.executable
     servers = [Server("direct", None, f"http://{HOST}:{upstream_port}")]
     gateway_env = {"GATEWAY_DRAIN_LISTENER_DELAY": "0s", "GATEWAY_DRAIN_SPREAD": "0s",
@@ -180,13 +182,17 @@ def start_relays(upstream_port: int, workdir: Path) -> list[Server]:
     # The default configuration (reconnection on, delivery at_most_once: confirmation pings), and two
     # variants that price the delivery guarantees: no confirmation pings at all (reconnection off),
     # and at_least_once (the pings plus a copy of every unconfirmed message).
-    for name, extra_env in (("ws-gateway", {}),
-                            ("ws-gateway, reconnect off", {"GATEWAY_RECONNECT_ENABLED": "false"}),
-                            ("ws-gateway, at_least_once", {"GATEWAY_RECONNECT_DELIVERY": "at_least_once"})):
+    gateways: list[tuple[str, dict[str, str], Path]] = [
+        ("ws-gateway", {}, ROOT),
+        ("ws-gateway, reconnect off", {"GATEWAY_RECONNECT_ENABLED": "false"}, ROOT),
+        ("ws-gateway, at_least_once", {"GATEWAY_RECONNECT_DELIVERY": "at_least_once"}, ROOT)]
+    if compiled is not None:
+        gateways.insert(1, ("ws-gateway, compiled", {}, compiled))
+    for name, extra_env, tree in gateways:
         port = free_port()
         servers.append(start(name, [python, "-m", "gateway", "--listen", f"{HOST}:{port}", "--admin-listen",
                                     f"{HOST}:{free_port()}", "--upstream", f"ws://{HOST}:{upstream_port}"],
-                             port, {**gateway_env, **extra_env}))
+                             port, {**gateway_env, **extra_env}, cwd=tree))
     port = free_port()
     servers.append(start("naive aiohttp", [python, "-m", "bench.naive_relay", str(port),
                                            f"http://{HOST}:{upstream_port}"], port))
@@ -400,10 +406,23 @@ def run_upstream(kind: str, port: int) -> subprocess.Popen[bytes]:
     return process
 
 
+def build_compiled(workdir: Path) -> Path | None:
+    """A checkout running the compiled build (bench/compiled.py), or None, said, if it cannot be built."""
+    from bench.compiled import compiled_checkout
+
+    try:
+        return compiled_checkout(workdir / "compiled")
+    except (RuntimeError, OSError) as exc:
+        print(f"(no compiled gateway row: {exc})", flush=True)
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny counts: checks the script, not the figures")
     parser.add_argument("--upstream", choices=("fast echo", "fastapi", "both"), default="both")
+    parser.add_argument("--no-compiled", action="store_true",
+                        help="leave out the row of the mypyc-compiled gateway (saves building it, ~20 s)")
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -412,12 +431,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# ws-gateway relay benchmark ({'quick' if args.quick else 'full'}), {os.cpu_count()} CPUs, "
           f"{time.strftime('%Y-%m-%d %H:%M')}")
     with tempfile.TemporaryDirectory(prefix="ws-gateway-bench-") as workdir:
+        compiled = None if args.no_compiled else build_compiled(Path(workdir))
         for kind in kinds:
             upstream_port = free_port()
             upstream = run_upstream(kind, upstream_port)
             servers: list[Server] = []
             try:
-                servers = start_relays(upstream_port, Path(workdir) / kind.replace(" ", "-"))
+                servers = start_relays(upstream_port, Path(workdir) / kind.replace(" ", "-"), compiled)
                 results = {s.name: uvloop.run(measure(s, settings)) for s in servers}
                 uvloop.run(latency_rounds(servers, settings, results))
                 print(report(f"upstream: {kind}", results), flush=True)

@@ -2,7 +2,8 @@
 # Builds the ws-gateway image with podman on a machine without a container registry or Docker
 # engine (the recipe of shared/CONTAINERS.md):
 #   1. a local Debian bookworm base image with python3 (debootstrap), cached as a tarball;
-#   2. wheels built on the host (the image build runs with --network none);
+#   2. wheels built on the host (the image build runs with --network none), the gateway's compiled
+#      with mypyc (setup.py);
 #   3. podman build of the project's Dockerfile against that base.
 # Usage: scripts/build-image.sh [IMAGE_TAG] [EXAMPLE_APP_TAG]
 #   IMAGE_TAG: the gateway image (default localhost/ws-gateway:dev)
@@ -51,7 +52,8 @@ cp "$root/examples/app.py" "$root/examples/demo_api.py" "$root/examples/demo.htm
   "$context/examples/"
 extra=()
 [ -n "$example_tag" ] && extra=(fastapi uvicorn websockets)
-"$python" -m pip wheel -q --disable-pip-version-check -w "$context/wheels" "$root" "${extra[@]}" 2>&1 \
+# The gateway's wheel is built compiled (setup.py: mypyc, WS_GATEWAY_COMPILE=1); the image has no compiler.
+WS_GATEWAY_COMPILE=1 "$python" -m pip wheel -q --disable-pip-version-check -w "$context/wheels" "$root" "${extra[@]}" 2>&1 \
   | grep -v '^WARNING: Location' || true
 ls "$context/wheels"/ws_gateway-*.whl >/dev/null
 podman build -q --pull=never --network none --build-arg "BASE_IMAGE=$base" --target runtime -t "$tag" "$context" >/dev/null

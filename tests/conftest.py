@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,17 @@ from typing import Any
 import pytest
 
 from tests.support import GatewayProcess, Upstream, process_factory
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With WS_GATEWAY_EXPECT_COMPILED=1 (tests/packaging/test_compiled.py sets it), refuse to run on
+    Python sources: every module setup.py compiles must be loaded compiled, or the run would prove nothing."""
+    if os.environ.get("WS_GATEWAY_EXPECT_COMPILED") == "1":
+        from bench.compiled import compiled_modules_missing
+
+        missing = compiled_modules_missing()
+        if missing:
+            raise pytest.UsageError(f"expected the compiled build, but these load from source: {missing}")
 
 
 @pytest.fixture(scope="session")

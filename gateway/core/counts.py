@@ -10,7 +10,14 @@ no sockets, no event loop.
 
 from __future__ import annotations
 
-__all__ = ["DirectionCounts"]
+from typing import Final
+
+__all__ = ["FIELDS", "DirectionCounts"]
+
+FIELDS: Final = ("compressed_bytes", "compressed_messages", "discarded_messages", "fragmented_messages",
+                 "messages", "payload_bytes", "plain_bytes")
+"""The names of :class:`DirectionCounts`' integers (its slots; compiled with mypyc a class has no
+``__slots__`` to read at run time, so the fold walks this)."""
 
 
 class DirectionCounts:
@@ -21,8 +28,7 @@ class DirectionCounts:
     the app sends or receives them (``plain_bytes``).
     """
 
-    __slots__ = ("compressed_bytes", "compressed_messages", "discarded_messages", "fragmented_messages",
-                 "messages", "payload_bytes", "plain_bytes")
+    __slots__ = FIELDS
 
     def __init__(self) -> None:
         self.messages = 0
@@ -40,9 +46,9 @@ class DirectionCounts:
 
     def add_to(self, totals: DirectionCounts) -> None:
         """Add these counts to ``totals`` (a finished session folded into the process's totals)."""
-        for name in DirectionCounts.__slots__:
+        for name in FIELDS:
             setattr(totals, name, getattr(totals, name) + getattr(self, name))
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)}" for name in DirectionCounts.__slots__)
+        fields = ", ".join(f"{name}={getattr(self, name)}" for name in FIELDS)
         return f"DirectionCounts({fields})"

@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from bench.compiled import compiled_module_names
 from bench.proxies import system_binary
 from tests.support import ROOT, async_wait_until, free_port, port_open, scaled
 
@@ -65,6 +66,17 @@ def test_image_metadata(image: str) -> None:
     assert stop_signal == "SIGTERM"
     assert "ws-gateway" in entrypoint
     assert "8080/tcp" in ports and "9102/tcp" in ports
+
+
+def test_image_runs_the_compiled_modules(image: str) -> None:
+    """The image's gateway loads every module setup.py compiles as an extension module (mypyc), not as source."""
+    check = (
+        "import importlib\n"
+        f"names = {compiled_module_names()!r}\n"
+        "print([n for n in names if not importlib.import_module(n).__file__.endswith('.so')])\n")
+    result = podman("run", "--rm", "--network", "none", "--entrypoint", "python", image, "-c", check)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", result.stdout
 
 
 async def test_image_relays_reports_and_drains(image: str, container_names: tuple[str, str]) -> None:
