@@ -35,6 +35,8 @@ class CompressionSettings(Protocol):
     def mem_level(self) -> int: ...
     @property
     def min_size(self) -> int: ...
+    @property
+    def level(self) -> int: ...
 
 
 EXTENSION: Final = "permessage-deflate"
@@ -124,6 +126,8 @@ class DeflateAgreement:
     """The client does: the gateway need not keep its decompressor between messages."""
     mem_level: int
     min_size: int
+    level: int
+    """zlib level of the gateway's compressor (``client.compression.level``)."""
 
     @property
     def compresses(self) -> bool:
@@ -179,6 +183,7 @@ def _accept(params: Params, config: CompressionSettings) -> DeflateAgreement | N
         client_no_context_takeover=client_reset,
         mem_level=config.mem_level,
         min_size=config.min_size,
+        level=config.level,
     )
 
 

@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable
-from typing import Final, Protocol
+from typing import Protocol
 
 from gateway.core.codec import build_header, read_header
 from gateway.core.compression import DeflateAgreement
 from gateway.core.counts import DirectionCounts
 
 __all__ = ["Deflater", "FrameWriter"]
-
-_LEVEL: Final = 6
-"""zlib's default compression level (what uvicorn's websockets uses)."""
-
 
 class FrameWriter(Protocol):
     """Where the deflater writes: the client's transport."""
@@ -52,7 +48,7 @@ class Deflater:
         counts: the session's upstream-to-client counts (a fresh one if not given).
     """
 
-    __slots__ = ("_can_compress", "_compressing", "_encoder", "_flush", "_max_frame", "_mem_level",
+    __slots__ = ("_can_compress", "_compressing", "_encoder", "_flush", "_level", "_max_frame", "_mem_level",
                  "_min_size", "_opened", "_wbits", "counts", "transport")
 
     def __init__(self, transport: FrameWriter, agreement: DeflateAgreement, max_frame_size: int,
@@ -61,6 +57,7 @@ class Deflater:
         self._can_compress = agreement.compresses
         self._wbits = -agreement.server_max_window_bits
         self._mem_level = agreement.mem_level
+        self._level = agreement.level
         self._min_size = agreement.min_size
         self._flush = zlib.Z_FULL_FLUSH if agreement.server_no_context_takeover else zlib.Z_SYNC_FLUSH
         self._max_frame = max_frame_size
@@ -113,7 +110,7 @@ class Deflater:
             return
         encoder = self._encoder
         if encoder is None:
-            encoder = self._encoder = zlib.compressobj(_LEVEL, zlib.DEFLATED, self._wbits, self._mem_level)
+            encoder = self._encoder = zlib.compressobj(self._level, zlib.DEFLATED, self._wbits, self._mem_level)
         out = encoder.compress(payload)
         if fin:
             out += encoder.flush(self._flush)

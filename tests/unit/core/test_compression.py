@@ -8,7 +8,8 @@ import pytest
 from gateway.core.compression import ExtensionHeaderError, negotiate, parse_extensions
 from gateway.core.config import CompressionConfig
 
-ON = CompressionConfig(enabled=True, server_max_window_bits=12, client_max_window_bits=12, mem_level=5, min_size=0)
+ON = CompressionConfig(enabled=True, server_max_window_bits=12, client_max_window_bits=12, mem_level=5, min_size=0,
+                       level=6)
 """Compression on, 12-bit windows both ways, no minimum size."""
 
 
@@ -50,6 +51,6 @@ def test_unacceptable_offers_are_declined(offer: str) -> None:
 
 def test_compression_off_declines_without_reading_the_header() -> None:
     """With compression disabled nothing is agreed, even for a header that would not parse."""
-    off = CompressionConfig(False, 12, 12, 5, 0)
+    off = CompressionConfig(False, 12, 12, 5, 0, 6)
     assert negotiate("permessage-deflate", off) is None
     assert negotiate("permessage-deflate; =broken", off) is None

@@ -140,3 +140,11 @@ def test_help_names_both_forms_of_the_command() -> None:
     assert result.returncode == 0
     assert "GATEWAY_UPSTREAM_URLS is not a ws-gateway setting" in result.stderr
     assert "did you mean GATEWAY_UPSTREAM_URL" in result.stderr
+
+
+@pytest.mark.parametrize("level", ["0", "10", "fast"])
+def test_compression_level_outside_1_to_9_is_refused(level: str) -> None:
+    """client.compression.level is zlib's 1-9 (from the environment too); anything else is named in the error."""
+    with pytest.raises(ConfigError, match=r"client\.compression\.level"):
+        load_config(environ={"GATEWAY_CLIENT_COMPRESSION_LEVEL": level})
+    assert load_config(environ={"GATEWAY_CLIENT_COMPRESSION_LEVEL": "1"}).client.compression.level == 1

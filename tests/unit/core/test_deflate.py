@@ -71,9 +71,29 @@ def test_deflater_output_inflates_with_zlib_rsv1_on_first_frames_only(takeover: 
 
 def test_min_size_sends_small_single_frame_messages_uncompressed() -> None:
     """A message under compression.min_size goes out as it is, and is not counted as compressed."""
-    agreement = negotiate("permessage-deflate", CompressionConfig(True, 12, 12, 5, 10))
+    agreement = negotiate("permessage-deflate", CompressionConfig(True, 12, 12, 5, 10, 6))
     assert agreement is not None
     writer = _Writer()
     deflater = Deflater(writer, agreement, 1 << 20)
     deflater.write(b"\x81\x05small")
     assert writer.data == b"\x81\x05small" and deflater.counts.compressed_messages == 0
+
+
+@pytest.mark.parametrize("level", [1, 6, 9])
+def test_compression_level_is_the_compressors_and_its_output_inflates(level: int) -> None:
+    """client.compression.level is the level zlib compresses with: the gateway's bytes are exactly zlib's at
+    that level (window 12, memLevel 5, sync flush), and they inflate to the app's message."""
+    words = [b"alpha", b"bravo", b"charlie", b"delta", b"echo", b"foxtrot", b"golf", b"hotel", b"india"]
+    text = b" ".join(words[(i * i + 3 * i) % len(words)] + str(i % 7).encode() for i in range(60))
+    message = b'{"user":"alice","text":"' + text + b'"}'
+    agreement = negotiate("permessage-deflate", CompressionConfig(True, 12, 12, 5, 0, level))
+    assert agreement is not None
+    writer = _Writer()
+    Deflater(writer, agreement, 1 << 20).write(bytes((0x81, 126)) + len(message).to_bytes(2, "big") + message)
+    [(fin, opcode, payload)] = parse_frames(writer.data)
+    assert fin and opcode == 1, "one text frame"
+    reference = zlib.compressobj(level, zlib.DEFLATED, -12, 5)
+    assert payload == (reference.compress(message) + reference.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    assert zlib.decompressobj(-12).decompress(payload + b"\x00\x00\xff\xff") == message
+    other = zlib.compressobj(6 if level == 1 else 1, zlib.DEFLATED, -12, 5)
+    assert payload != (other.compress(message) + other.flush(zlib.Z_SYNC_FLUSH))[:-4], "levels differ here"
