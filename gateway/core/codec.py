@@ -54,6 +54,11 @@ class MaskKeys:
         self._pool = b""
         self._pos = 0
 
+    def forget(self) -> None:
+        """Drop the keys drawn so far (a forked child must not reuse its parent's)."""
+        self._pool = b""
+        self._pos = 0
+
     def next(self) -> bytes:
         pos = self._pos
         if pos >= len(self._pool):
@@ -63,7 +68,9 @@ class MaskKeys:
         return self._pool[pos : pos + 4]
 
 
-new_mask_key: Final = MaskKeys().next
+_MASK_KEYS: Final = MaskKeys()
+os.register_at_fork(after_in_child=_MASK_KEYS.forget)  # a child draws its own keys
+new_mask_key: Final = _MASK_KEYS.next
 """A fresh four-byte masking key (RFC 6455 5.3)."""
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -63,3 +65,20 @@ def test_mask_keys_are_fresh_slices_of_one_urandom_draw_per_1024(monkeypatch: py
     handed = [keys.next() for _ in range(1025)]
     assert draws == [4096, 4096]
     assert handed == [(4 * i).to_bytes(4, "big") for i in range(1025)]
+
+
+def test_a_forked_child_does_not_reuse_the_parents_mask_keys() -> None:
+    """The key pool is forgotten in a forked child: its next key is its own draw, not the parent's next."""
+    codec.new_mask_key()  # the pool is drawn
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe and exits at once
+        os.write(write, codec.new_mask_key())
+        os._exit(0)
+    os.close(write)
+    try:
+        child_key = os.read(read, 4)
+    finally:
+        os.close(read)
+        os.waitpid(child, 0)
+    assert len(child_key) == 4 and child_key != codec.new_mask_key()
